@@ -1,0 +1,5 @@
+"""Benchmark commands: ``python -m ctxlit.bench {blocks,data}``.
+
+Each prints a table and writes JSON; speed claims are ratios against a baseline measured
+in the same run, never absolute thresholds.
+"""
