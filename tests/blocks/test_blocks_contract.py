@@ -1,0 +1,117 @@
+"""Contract every registered block meets, for every option combination (see conftest.CASES)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+
+import pytest
+import torch
+
+from ctxlit.blocks import BLOCKS, SPATIAL_OPERATORS, build_block, is_spatial_operator
+from blocks_cases import CASES, CHANNELS, expected_shape, make, perturb, sample
+
+
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_shape_and_dtype(name, options):
+    block = make(name, options)
+    y = block(sample())
+    assert y.shape == expected_shape(options)
+    assert y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_gradients_reach_every_parameter(name, options):
+    block = make(name, options)
+    perturb(block)
+    x = sample().requires_grad_(True)
+    y = block(x)
+    (y * sample(3, y.shape)).sum().backward()
+    for pname, p in block.named_parameters():
+        assert p.grad is not None, pname
+        assert p.grad.abs().sum() > 0, f"zero gradient for {pname}"
+    assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_state_dict_round_trip(name, options):
+    block = make(name, options, seed=0)
+    perturb(block)
+    block(sample())  # update BN running stats so they are part of the round trip
+    block.eval()
+    other = make(name, options, seed=123).eval()
+    other.load_state_dict(block.state_dict())
+    x = sample()
+    torch.testing.assert_close(other(x), block(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_channels_last_matches_contiguous(name, options):
+    block = make(name, options)
+    perturb(block)
+    block.eval()
+    x = sample()
+    ref = block(x)
+    out = block(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_bf16_autocast_finite_and_close(name, options):
+    block = make(name, options)
+    perturb(block)
+    block.eval()
+    x = sample()
+    ref = block(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+    assert torch.isfinite(out).all()
+    err = (out.float() - ref).abs().max() / ref.abs().max()
+    assert err < 0.05, f"relative error {err:.3g} under bf16 autocast"
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_options_are_plain_typed_keywords(name):
+    """The CLI needs keyword options annotated with plain types or Literal[...]."""
+    cls = BLOCKS[name]
+    hints = typing.get_type_hints(cls.__init__)
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    first = params[0]
+    assert first.name == ("in_channels" if is_spatial_operator(name) else "channels")
+    for p in params[1:]:
+        if p.name in ("out_channels", "stride"):
+            assert is_spatial_operator(name)
+            continue
+        assert p.kind is inspect.Parameter.KEYWORD_ONLY, p.name
+        hint = hints[p.name]
+        if typing.get_origin(hint) is typing.Literal:
+            assert p.default in typing.get_args(hint)
+        else:
+            assert hint in (int, float, bool, str), (p.name, hint)
+            assert isinstance(p.default, hint), p.name
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_partial_then_channels(name):
+    """The CLI binds options first and passes the channel count later."""
+    cls = BLOCKS[name]
+    block = functools.partial(cls)(CHANNELS)
+    assert isinstance(block, cls)
+    assert build_block(name, CHANNELS).state_dict().keys() == block.state_dict().keys()
+
+
+def test_spatial_operators_are_the_flagged_classes():
+    assert SPATIAL_OPERATORS == {n for n, c in BLOCKS.items() if c.spatial_operator}
+    assert SPATIAL_OPERATORS <= {"sk", "lr"}
+
+
+def test_unknown_block_lists_allowed_names():
+    with pytest.raises(ValueError, match=r"'nope'.*allowed names: .*gc"):
+        build_block("nope", 64)
+
+
+def test_unknown_option_lists_allowed_options():
+    with pytest.raises(ValueError, match=r"no option\(s\) colour.*allowed options: ratio, pooling, fusion, layernorm"):
+        build_block("gc", 64, colour="red")
