@@ -56,14 +56,28 @@ from torch import nn
 
 from ctxlit.blocks._common import DEFAULT_QUERIES, record_attention
 from ctxlit.blocks.global_context import GlobalContext, SimplifiedNonLocal
+from ctxlit.blocks.glore import GloRe
+from ctxlit.blocks.local_relation import LocalRelation
+from ctxlit.blocks.non_local import NonLocal
+from ctxlit.blocks.selective_kernel import SelectiveKernelConv
+from ctxlit.blocks.squeeze_excite import SqueezeExcite
+from ctxlit.blocks.strip_pooling import MixedPooling, StripPooling
 from ctxlit.errors import ConfigError
 
 __all__ = [
     "BLOCKS",
     "DEFAULT_QUERIES",
     "SPATIAL_OPERATORS",
+    "GloRe",
     "GlobalContext",
+    "LocalRelation",
+    "MixedPooling",
+    "NonLocal",
+    "SelectiveKernelConv",
     "SimplifiedNonLocal",
+    "SqueezeExcite",
+    "StripPooling",
+    "block_class",
     "build_block",
     "is_spatial_operator",
     "record_attention",
@@ -71,8 +85,15 @@ __all__ = [
 
 #: registry name -> block class
 BLOCKS: dict[str, type[nn.Module]] = {
+    "se": SqueezeExcite,
     "gc": GlobalContext,
     "snl": SimplifiedNonLocal,
+    "nl": NonLocal,
+    "glore": GloRe,
+    "spm": StripPooling,
+    "mpm": MixedPooling,
+    "sk": SelectiveKernelConv,
+    "lr": LocalRelation,
 }
 
 #: registry names of the blocks that replace a 3x3 conv (in_channels, out_channels, stride)

@@ -40,7 +40,14 @@ CASE_GRIDS = {
     "lr": dict(phi=["squared_diff", "abs_diff", "product"], out_channels=[None, 128], stride=[1, 2]),
 }
 
-CASES = [case for name, choices in CASE_GRIDS.items() if name in BLOCKS for case in grid(name, **choices)]
+
+
+def _valid(case) -> bool:
+    name, options = case.values
+    return not (name == "nl" and options["scaled"] and options["mode"] in ("dot_product", "concatenation"))
+
+
+CASES = [case for name, choices in CASE_GRIDS.items() if name in BLOCKS for case in grid(name, **choices) if _valid(case)]
 
 
 def make(name: str, options: dict, seed: int = 0) -> torch.nn.Module:

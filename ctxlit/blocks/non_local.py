@@ -1,0 +1,163 @@
+"""Non-local block (``nl``).
+
+Paper: "Non-local Neural Networks", Xiaolong Wang, Ross Girshick, Abhinav Gupta, Kaiming He,
+2018 (CVPR 2018), arXiv:1711.07971.
+
+Shapes for ``x`` of ``(N, C, H, W)``, ``L = H*W``, ``Ci = C / reduction`` (paper: C/2)::
+
+    theta = W_theta x, phi = W_phi x, g = W_g x      1x1 convs C -> Ci, each (N, Ci, H, W)
+    subsample: phi, g <- maxpool2x2(phi), maxpool2x2(g)   key positions Lk = L or ~L/4
+    f  (N, L, Lk)  pairwise function, one of
+        embedded_gaussian  softmax_j(theta_i . phi_j)                       (default)
+        gaussian           softmax_j(x_i . x_j)         (no theta/phi: raw features)
+        dot_product        (theta_i . phi_j) / Lk
+        concatenation      ReLU(w_f . [theta_i, phi_j]) / Lk      w_f: 2*Ci -> 1
+    y  = f g                                         (N, Ci, H, W)
+    z  = x + BN(W_z y)                               W_z: 1x1 conv Ci -> C, BN gamma = 0
+
+As in the paper there is no 1/sqrt(d) scaling of the logits; ``scaled=True`` adds it (only for
+the two softmax modes). BN's gamma starts at 0 so the block starts as the identity.
+
+Fast paths (``forward``): the embedded-Gaussian and Gaussian forms are exactly
+``scaled_dot_product_attention(theta, phi, g, scale=1)``, so the L x Lk matrix is never
+materialised by the fused kernels (memory-efficient / flash attention on GPU); the dot-product
+form is computed as ``theta (phi^T g) / Lk``, linear in L. Concatenation has no shortcut.
+``_reference_forward`` computes the explicit pairwise matrix (tests and the benchmark compare).
+
+Read-out: attention of chosen query positions (relative (y, x) from
+:func:`ctxlit.blocks.record_attention`) over the key positions, ``(N, Q, Hk, Wk)``. GCNet's
+observation is that these maps are nearly the same for every query.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctxlit.blocks._common import RecordsAttention, check_choice, check_positive, query_indices
+from ctxlit.errors import ConfigError
+
+Mode = Literal["embedded_gaussian", "gaussian", "dot_product", "concatenation"]
+SOFTMAX_MODES = ("embedded_gaussian", "gaussian")
+
+
+class NonLocal(RecordsAttention, nn.Module):
+    """Non-local block (2-D).
+
+    Args:
+        channels: input and output channels C.
+        mode: pairwise function (see module docstring).
+        reduction: inner width ``C // reduction`` (paper: 2).
+        subsample: 2x2 max-pool on phi and g (paper's cheaper variant, Lk ~ L/4).
+        scaled: divide the softmax logits by sqrt(d) like a Transformer (paper: off).
+    """
+
+    spatial_operator = False
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        mode: Mode = "embedded_gaussian",
+        reduction: int = 2,
+        subsample: bool = False,
+        scaled: bool = False,
+    ) -> None:
+        super().__init__()
+        check_choice("NonLocal", "mode", mode, Mode)
+        check_positive("NonLocal", "reduction", reduction)
+        inter = channels // reduction
+        if inter < 1:
+            raise ConfigError(f"NonLocal: reduction={reduction} leaves 0 inner channels for channels={channels}")
+        if scaled and mode not in SOFTMAX_MODES:
+            raise ConfigError(f"NonLocal: scaled=True needs mode 'embedded_gaussian' or 'gaussian'; got mode={mode!r}")
+        self.channels, self.inter = channels, inter
+        self.mode, self.reduction, self.subsample, self.scaled = mode, reduction, subsample, scaled
+        self.g = nn.Conv2d(channels, inter, kernel_size=1)
+        if mode != "gaussian":
+            self.theta = nn.Conv2d(channels, inter, kernel_size=1)
+            self.phi = nn.Conv2d(channels, inter, kernel_size=1)
+        else:
+            self.theta = self.phi = None
+        # w_f = [w_theta, w_phi] acting on the concatenation [theta_i, phi_j]
+        self.concat_project = nn.Parameter(torch.empty(2 * inter)) if mode == "concatenation" else None
+        self.out = nn.Conv2d(inter, channels, kernel_size=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for conv in (self.g, self.theta, self.phi, self.out):
+            if conv is not None:
+                conv.reset_parameters()
+        if self.concat_project is not None:
+            bound = 1 / math.sqrt(2 * self.inter)
+            nn.init.uniform_(self.concat_project, -bound, bound)
+        self.bn.reset_parameters()
+        nn.init.zeros_(self.bn.weight)  # paper: BN gamma 0, the block starts as the identity
+
+    @property
+    def scale(self) -> float:
+        dim = self.channels if self.mode == "gaussian" else self.inter
+        return 1 / math.sqrt(dim) if self.scaled else 1.0
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Queries (N, L, D), keys (N, Lk, D), values (N, Lk, Ci) and the key grid (Hk, Wk)."""
+        query = x if self.theta is None else self.theta(x)
+        key = x if self.phi is None else self.phi(x)
+        value = self.g(x)
+        if self.subsample:
+            key, value = F.max_pool2d(key, 2), F.max_pool2d(value, 2)
+        key_grid = (key.shape[-2], key.shape[-1])
+
+        def tokens(t: torch.Tensor) -> torch.Tensor:
+            return t.flatten(2).transpose(1, 2)
+
+        return tokens(query), tokens(key), tokens(value), key_grid
+
+    def _pairwise(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """f(query_i, key_j): (N, Lq, Lk), explicit; softmax in float32."""
+        n_keys = key.shape[1]
+        if self.mode == "concatenation":
+            w_q, w_k = self.concat_project.to(query.dtype).chunk(2)
+            return torch.relu((query @ w_q)[:, :, None] + (key @ w_k)[:, None, :]) / n_keys
+        logits = query @ key.transpose(1, 2)
+        if self.mode == "dot_product":
+            return logits / n_keys
+        return (logits.float() * self.scale).softmax(dim=-1).to(logits.dtype)
+
+    def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        y = y.transpose(1, 2).reshape(n, self.inter, h, w)
+        return x + self.bn(self.out(y))
+
+    def _record_queries(self, query: torch.Tensor, key: torch.Tensor, x: torch.Tensor, key_grid: tuple[int, int]) -> None:
+        idx = query_indices(self._attention_queries, x.shape[-2], x.shape[-1])
+        maps = self._pairwise(query[:, idx], key)
+        self._record(maps.reshape(x.shape[0], len(idx), *key_grid))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        query, key, value, key_grid = self._qkv(x)
+        if self._attention_sink is not None:
+            self._record_queries(query, key, x, key_grid)
+        if self.mode in SOFTMAX_MODES:
+            y = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
+        elif self.mode == "dot_product":
+            y = query @ (key.transpose(1, 2) @ value) / key.shape[1]
+        else:
+            y = self._pairwise(query, key) @ value
+        return self._finish(x, y)
+
+    def _reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Explicit version: materialises the (N, L, Lk) pairwise matrix."""
+        query, key, value, _ = self._qkv(x)
+        return self._finish(x, self._pairwise(query, key) @ value)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, mode={self.mode!r}, reduction={self.reduction}, subsample={self.subsample}, "
+            f"scaled={self.scaled}"
+        )
