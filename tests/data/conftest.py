@@ -1,0 +1,62 @@
+"""Tiny datasets in the real on-disk layouts, written as real JPEG/PNG files with PIL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Each class gets a distinctive dominant colour so a tiny network can learn it in a few steps.
+COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 230), (230, 210, 40), (200, 60, 200)]
+
+
+def write_image(path: Path, height: int = 48, width: int = 64, colour=(128, 128, 128), seed: int = 0, mode: str = "RGB") -> Path:
+    rng = np.random.default_rng(seed)
+    array = np.clip(np.array(colour)[None, None, :] + rng.integers(-30, 30, (height, width, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).convert(mode).save(path)
+    return path
+
+
+def make_class_tree(root: Path, counts: dict[str, int], ext: str = ".jpg", size=(48, 64)) -> Path:
+    """``root/<class>/<i><ext>`` with ``counts[class]`` images each."""
+    for c, (name, n) in enumerate(counts.items()):
+        for i in range(n):
+            write_image(root / name / f"{name}_{i:03d}{ext}", *size, colour=COLOURS[c % len(COLOURS)], seed=100 * c + i)
+    return root
+
+
+@pytest.fixture
+def food_flat(tmp_path: Path) -> Path:
+    """An imbalanced single-folder food set: 12 / 6 / 3 images."""
+    return make_class_tree(tmp_path / "food", {"burger": 12, "noodles": 6, "salad": 3})
+
+
+@pytest.fixture
+def food_split(tmp_path: Path) -> Path:
+    root = tmp_path / "food_split"
+    make_class_tree(root / "train", {"burger": 6, "noodles": 4, "salad": 2})
+    make_class_tree(root / "val", {"burger": 2, "noodles": 2, "salad": 1})
+    return root
+
+
+@pytest.fixture
+def imagenet_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "imagenet"
+    wnids = {"n01440764": 6, "n01443537": 6, "n01484850": 6}
+    make_class_tree(root / "train", wnids, ext=".JPEG", size=(60, 80))
+    make_class_tree(root / "val", {k: 2 for k in wnids}, ext=".JPEG", size=(60, 80))
+    (root / "LOC_synset_mapping.txt").write_text(
+        "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n"
+        "n01484850 great white shark, white shark, man-eater\n"
+    )
+    return root
+
+
+def pytest_collection_modifyitems(items):
+    # torchvision 0.29 deprecates its image codecs (superseded by torchcodec); they are still what we use.
+    for item in items:
+        if "tests/data/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning"))
