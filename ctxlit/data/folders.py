@@ -290,13 +290,32 @@ class ResizedImageCache:
         return cls(np.load(data_file, mmap_mode="r"), index)
 
 
-class LabelledImages(Dataset):
-    """``(image uint8 3xHxW, class id)`` pairs from files or from a :class:`ResizedImageCache`.
+class SkippingDataset(Dataset):
+    """A dataset whose :meth:`load` may fail on a bad file with ``DatasetError`` (naming it).
 
-    A file that fails to decode raises ``DatasetError`` naming it; with ``skip_unreadable`` it
-    is reported once (a warning naming it) and the next readable sample is returned instead, so
-    batch sizes and DDP step counts stay the same.
+    Without ``skip_unreadable`` the error propagates (from a worker too: the message keeps the
+    file name). With it, the file is reported once (a warning naming it) and the next loadable
+    sample is returned instead, so batch sizes and DDP step counts stay the same.
     """
+
+    skip_unreadable: bool = False
+
+    def load(self, i: int):
+        raise NotImplementedError
+
+    def __getitem__(self, i: int):
+        for attempt in range(len(self)):
+            try:
+                return self.load((i + attempt) % len(self))
+            except DatasetError as error:
+                if not self.skip_unreadable:
+                    raise
+                warnings.warn(f"skipped unreadable sample: {error}", stacklevel=2)
+        raise DatasetError(f"none of the {len(self)} samples of {type(self).__name__} could be loaded")
+
+
+class LabelledImages(SkippingDataset):
+    """``(image uint8 3xHxW, class id)`` pairs from files or from a :class:`ResizedImageCache`."""
 
     def __init__(
         self,
@@ -315,23 +334,11 @@ class LabelledImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _image(self, i: int) -> torch.Tensor:
-        return self.cache[i] if self.cache is not None else decode_rgb(self.paths[i])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        for attempt in range(len(self)):
-            j = (i + attempt) % len(self)
-            try:
-                image = self._image(j)
-            except DatasetError as error:
-                if not self.skip_unreadable:
-                    raise
-                warnings.warn(f"skipped unreadable image: {error}", stacklevel=2)
-                continue
-            if self.transform is not None:
-                image = self.transform(image)
-            return image, self.targets[j]
-        raise DatasetError(f"no readable image among the {len(self)} files starting with {self.paths[0]}")
+    def load(self, i: int) -> tuple[torch.Tensor, int]:
+        image = self.cache[i] if self.cache is not None else decode_rgb(self.paths[i])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[i]
 
 
 # --------------------------------------------------------------------------------------------

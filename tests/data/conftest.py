@@ -60,3 +60,42 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/data/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning"))
+
+
+# Cityscapes: label ids 0..33, plus 34 and 255 which are not in the table (must map to ignore).
+CITYSCAPES_IDS = list(range(34)) + [34, 255]
+
+
+def cityscapes_label(height: int = 32, width: int = 64, shift: int = 0) -> np.ndarray:
+    """4x4 blocks cycling through every id in ``CITYSCAPES_IDS``."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    block = (yy // 4) * (width // 4) + xx // 4 + shift
+    return np.array(CITYSCAPES_IDS, dtype=np.uint8)[block % len(CITYSCAPES_IDS)]
+
+
+def cityscapes_image(label: np.ndarray) -> np.ndarray:
+    """An image that encodes its label id in the red channel (PNG keeps it exact)."""
+    return np.stack([label, 255 - label, np.full_like(label, 128)], axis=-1)
+
+
+def write_cityscapes_pair(root: Path, split: str, city: str, frame: int, height=32, width=64, label=None) -> tuple[Path, Path]:
+    name = f"{city}_{frame:06d}_000019"
+    label = cityscapes_label(height, width, shift=frame) if label is None else label
+    image_path = root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png"
+    label_path = root / "gtFine" / split / city / f"{name}_gtFine_labelIds.png"
+    for path, array in ((image_path, cityscapes_image(label)), (label_path, label)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+    return image_path, label_path
+
+
+@pytest.fixture
+def cityscapes_tree(tmp_path: Path) -> Path:
+    """Two train cities (2 frames each) and one val city (2 frames), 32x64 frames."""
+    root = tmp_path / "cityscapes"
+    for city in ("aachen", "bochum"):
+        for frame in range(2):
+            write_cityscapes_pair(root, "train", city, frame)
+    for frame in range(2):
+        write_cityscapes_pair(root, "val", "frankfurt", frame)
+    return root
