@@ -1,0 +1,194 @@
+"""Load weights from a local checkpoint into a backbone (no downloads).
+
+Accepts a plain state dict (``torch.save(model.state_dict())``, torchvision's ``.pth``
+files), a dict holding one under ``state_dict`` / ``model`` / ``model_state_dict`` (Lightning
+``.ckpt``, many training scripts), with any common key prefix (``module.``,
+``model.backbone.``, ...): the prefix that makes most keys match the model is stripped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ctxlit.errors import ConfigError, CtxlitError
+
+log = logging.getLogger("ctxlit.backbones")
+
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "net")
+
+
+class WeightsFileError(CtxlitError, FileNotFoundError):
+    """The weights file does not exist or is not a checkpoint; the message names the path."""
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` did. ``str(report)`` is the readable summary."""
+
+    path: str
+    prefix: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    missing_plugins: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    outside_prefix: list[str] = field(default_factory=list)
+    shape_mismatch: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        """Every backbone tensor came from the checkpoint (plugins aside) and nothing was skipped."""
+        return not (self.missing or self.unexpected or self.shape_mismatch)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors from {self.path}" + (f" (prefix {self.prefix!r} stripped)" if self.prefix else "")]
+        if self.missing_plugins:
+            mods = sorted({k.split(".plugins.")[0] + ".plugins" if ".plugins." in k else k.rsplit(".", 1)[0] for k in self.missing_plugins})
+            lines.append(
+                f"  expected: {len(self.missing_plugins)} plugin tensors not in the checkpoint "
+                f"(newly initialised) in {len(mods)} modules: {_short(mods)}"
+            )
+        if self.missing:
+            lines.append(f"  missing (kept their initialisation): {len(self.missing)}: {_short(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected (ignored): {len(self.unexpected)}: {_short(self.unexpected)}")
+        if self.outside_prefix:
+            groups = Counter(k.split(".")[0] for k in self.outside_prefix)
+            desc = ", ".join(f"{g}.* ({n})" for g, n in groups.most_common())
+            lines.append(f"  outside the backbone (ignored): {len(self.outside_prefix)} tensors: {desc}")
+        if self.shape_mismatch:
+            lines.append(
+                f"  shape mismatch (skipped, kept initialisation): "
+                + "; ".join(f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in self.shape_mismatch)
+            )
+        return "\n".join(lines)
+
+
+def _short(keys: list[str], n: int = 6) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _read(path: str | os.PathLike) -> Mapping[str, Any]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsFileError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception:  # noqa: BLE001 - Lightning checkpoints may pickle hyper-parameter objects
+        try:
+            # A local file the user named: full unpickling (trusted files only).
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001
+            raise WeightsFileError(f"cannot read weights file {path}: {err}") from err
+    if not isinstance(obj, Mapping):
+        if isinstance(obj, nn.Module):
+            return obj.state_dict()
+        raise WeightsFileError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint")
+    for key in _NESTED_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+            obj = inner
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise WeightsFileError(
+            f"{path} contains no tensors (keys: {list(obj)[:10]}); expected a state dict or a checkpoint with 'state_dict'"
+        )
+    return tensors
+
+
+def _best_prefix(ckpt_keys: list[str], model_keys: set[str]) -> str:
+    votes: Counter[str] = Counter()
+    for key in ckpt_keys:
+        parts = key.split(".")
+        for i in range(len(parts)):
+            if ".".join(parts[i:]) in model_keys:
+                votes[".".join(parts[:i]) + ("." if i else "")] += 1
+                break
+    if not votes:
+        return ""
+    best = max(votes.values())
+    return min((p for p, n in votes.items() if n == best), key=len)
+
+
+def _is_plugin_key(key: str, model: nn.Module, replaced: set[str]) -> bool:
+    return ".plugins." in key or key.startswith("plugins.") or any(key.startswith(r + ".") for r in replaced)
+
+
+def load_weights(
+    model: nn.Module, path: str | os.PathLike, *, strict_shapes: bool = True, strict: bool = False
+) -> LoadReport:
+    """Load a torchvision or ctxlit checkpoint from ``path`` into ``model``.
+
+    Keys are matched after stripping the prefix that matches most of them (``module.``,
+    ``model.backbone.``, ...); checkpoint keys outside it (a Lightning module's head, say)
+    are ignored and counted. Plugin tensors absent from a plain checkpoint are expected and
+    reported as such. ``num_batches_tracked`` buffers absent from old checkpoints are not
+    reported.
+
+    Args:
+        strict_shapes: refuse (``ValueError`` listing key and both shapes) any tensor whose
+            shape differs; with ``False`` those tensors are skipped and reported (e.g. a
+            classifier with another number of classes).
+        strict: also refuse missing non-plugin tensors and unexpected tensors.
+
+    Returns a :class:`LoadReport` (``str()`` gives the summary, also logged at INFO on the
+    ``ctxlit.backbones`` logger).
+    """
+    state = _read(path)
+    own = model.state_dict()
+    prefix = _best_prefix(list(state), set(own))
+    report = LoadReport(path=os.fspath(path), prefix=prefix)
+    usable: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            report.outside_prefix.append(key)
+            continue
+        name = key[len(prefix):]
+        if name not in own:
+            report.unexpected.append(name)
+        elif tuple(own[name].shape) != tuple(value.shape):
+            report.shape_mismatch.append((name, tuple(value.shape), tuple(own[name].shape)))
+        else:
+            usable[name] = value
+    if report.shape_mismatch and strict_shapes:
+        detail = "\n".join(f"  {k}: checkpoint {a} vs model {b}" for k, a, b in report.shape_mismatch)
+        raise ConfigError(
+            f"weights in {report.path} do not fit the model ({len(report.shape_mismatch)} shape mismatches):\n{detail}\n"
+            "pass strict_shapes=False to skip these tensors"
+        )
+    replaced = _replaced_convs(model)
+    for name in own:
+        if name in usable:
+            continue
+        if _is_plugin_key(name, model, replaced):
+            report.missing_plugins.append(name)
+        elif name.endswith("num_batches_tracked") or any(name == k for k, _, _ in report.shape_mismatch):
+            continue
+        else:
+            report.missing.append(name)
+    if strict and (report.missing or report.unexpected):
+        raise ConfigError(f"weights in {report.path} do not match the model strictly:\n{report}")
+    model.load_state_dict(usable, strict=False)
+    report.loaded = sorted(usable)
+    log.info("%s", report)
+    return report
+
+
+def _replaced_convs(model: nn.Module) -> set[str]:
+    out = set()
+    for name, module in model.named_modules():
+        for info in getattr(module, "plugin_info", None) or ():
+            if isinstance(info, dict) and info.get("attr"):
+                out.add(f"{name}.{info['attr']}" if name else info["attr"])
+    return out
