@@ -26,7 +26,8 @@ _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "ne
 
 
 class WeightsFileError(CtxlitError, FileNotFoundError):
-    """The weights file does not exist or is not a checkpoint; the message names the path."""
+    """The weights file does not exist; the message names the path. (A file that is not a
+    checkpoint raises ``ConfigError``, a ``ValueError``.)"""
 
 
 @dataclass
@@ -89,11 +90,11 @@ def _read(path: str | os.PathLike) -> Mapping[str, Any]:
             # A local file the user named: full unpickling (trusted files only).
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err:  # noqa: BLE001
-            raise WeightsFileError(f"cannot read weights file {path}: {err}") from err
+            raise ConfigError(f"cannot read weights file {path}: {err}") from err
     if not isinstance(obj, Mapping):
         if isinstance(obj, nn.Module):
             return obj.state_dict()
-        raise WeightsFileError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint")
+        raise ConfigError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint")
     for key in _NESTED_KEYS:
         inner = obj.get(key)
         if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
@@ -101,7 +102,7 @@ def _read(path: str | os.PathLike) -> Mapping[str, Any]:
             break
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
-        raise WeightsFileError(
+        raise ConfigError(
             f"{path} contains no tensors (keys: {list(obj)[:10]}); expected a state dict or a checkpoint with 'state_dict'"
         )
     return tensors
