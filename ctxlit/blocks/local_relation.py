@@ -132,14 +132,14 @@ class LocalRelation(RecordsAttention, nn.Module):
             return t[..., i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s]
 
         if self.phi == "squared_diff":
-            key_sq = keys * keys  # -(q - k)^2 = 2qk - k^2 - q^2: saves views, not per-offset diffs
-            q_sq = q * q
+            # -(q - k)^2 = 2qk - k^2 - q^2: autograd saves views of 2q and k, not per-offset diffs
+            key_sq, q_sq, q_twice = keys * keys, q * q, 2 * q
         offsets = [(i, j) for i in range(k) for j in range(k)]
         logits = []
         for o, (i, j) in enumerate(offsets):
             k_o = window(keys, i, j)
             if self.phi == "squared_diff":
-                a = 2 * q * k_o - window(key_sq, i, j) - q_sq
+                a = q_twice * k_o - window(key_sq, i, j) - q_sq
             else:
                 a = self._appearance(q, k_o)
             a = a + prior[o].reshape(1, g, 1, 1)

@@ -1,0 +1,133 @@
+"""Fast paths equal their explicit references; Non-local and Local Relation read-outs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctxlit.blocks import DEFAULT_QUERIES, LocalRelation, NonLocal, record_attention
+from ctxlit.bench.blocks import saved_tensor_bytes
+from blocks_cases import perturb, sample
+
+C = 64
+MODES = ["embedded_gaussian", "gaussian", "dot_product", "concatenation"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("subsample", [False, True])
+@pytest.mark.parametrize("shape", [(2, C, 8, 8), (1, C, 7, 5)])
+def test_nl_fast_path_matches_explicit(mode, subsample, shape):
+    block = NonLocal(C, mode=mode, subsample=subsample)
+    perturb(block, scale=0.3)
+    x = sample(shape=shape).requires_grad_(True)
+    fast = block(x)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    ref = block._reference_forward(x)
+    (grad_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    assert (fast - x).abs().max() > 1e-2  # the attention branch contributes
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_nl_embedded_gaussian_is_unscaled_softmax():
+    """The paper's f = softmax(theta^T phi), no 1/sqrt(d): written out by hand here."""
+    block = NonLocal(C)
+    perturb(block)
+    block.eval()
+    x = sample()
+    theta = block.theta(x).flatten(2)  # (N, Ci, L)
+    phi = block.phi(x).flatten(2)
+    g = block.g(x).flatten(2)
+    f = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # (N, L, L)
+    y = (g @ f.transpose(1, 2)).reshape(2, C // 2, 8, 8)
+    torch.testing.assert_close(block(x), x + block.bn(block.out(y)), rtol=1e-5, atol=1e-5)
+
+
+def test_nl_maps_for_query_positions():
+    block = NonLocal(C)
+    perturb(block)
+    x = sample(shape=(2, C, 8, 12))
+    queries = [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]
+    with record_attention(block, queries=queries) as maps:
+        block(x)
+    attn = maps[""]
+    assert attn.shape == (2, 3, 8, 12)
+    torch.testing.assert_close(attn.sum(dim=(2, 3)), torch.ones(2, 3))
+    # rows of the explicit attention matrix at flat indices 0, centre, last
+    theta = block.theta(x).flatten(2).transpose(1, 2)
+    phi = block.phi(x).flatten(2)
+    full = torch.softmax(theta @ phi, dim=-1)
+    centre = round(0.5 * 7) * 12 + round(0.5 * 11)
+    torch.testing.assert_close(attn.flatten(2), full[:, [0, centre, 95]])
+    assert not torch.allclose(attn[:, 0], attn[:, 2])  # different queries, different maps
+
+
+def test_nl_default_queries_and_subsampled_key_grid():
+    block = NonLocal(C, subsample=True)
+    with record_attention(block) as maps:
+        block(sample())
+    assert maps[""].shape == (2, len(DEFAULT_QUERIES), 4, 4)
+
+
+def test_record_attention_rejects_absolute_queries():
+    with pytest.raises(ValueError, match=r"relative \(y, x\) in \[0, 1\]"):
+        with record_attention(NonLocal(C), queries=[(3, 4)]):
+            pass
+
+
+LR_CASES = [
+    dict(kernel_size=7, phi="squared_diff"),
+    dict(kernel_size=7, phi="abs_diff"),
+    dict(kernel_size=7, phi="product"),
+    dict(kernel_size=3, phi="squared_diff", stride=2),
+    dict(kernel_size=7, phi="squared_diff", stride=2, out_channels=32),
+    dict(kernel_size=5, phi="product", channels_per_group=16),
+]
+
+
+@pytest.mark.parametrize("options", LR_CASES, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("shape", [(2, C, 8, 8), (1, C, 9, 6)])
+def test_lr_fast_path_matches_unfold(options, shape):
+    block = LocalRelation(C, **options)
+    perturb(block, scale=0.3)
+    x = sample(shape=shape).requires_grad_(True)
+    fast = block(x)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    ref = block._reference_forward(x)
+    (grad_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_lr_weights_sum_to_one_and_skip_outside_positions():
+    block = LocalRelation(C, kernel_size=7)
+    with record_attention(block) as maps:
+        block(sample())
+    w = maps[""]
+    assert w.shape == (2, C // 8, 49, 8, 8)
+    torch.testing.assert_close(w.sum(dim=2), torch.ones(2, C // 8, 8, 8))
+    corner = w[:, :, :, 0, 0].reshape(2, C // 8, 7, 7)
+    assert (corner[:, :, :3] == 0).all() and (corner[:, :, :, :3] == 0).all()  # above / left of the image
+    assert (corner[:, :, 3:, 3:] > 0).all()
+
+
+def test_lr_geometry_prior_is_trained_and_saved():
+    block = LocalRelation(C)
+    keys = set(block.state_dict())
+    assert {"geometry.0.weight", "geometry.0.bias", "geometry.2.weight", "geometry.2.bias"} <= keys
+    assert "offsets" not in keys  # derived from k, rebuilt on construction
+    assert block.offsets.shape == (49, 2) and block.offsets[0].tolist() == [-3.0, -3.0]
+    block(sample()).sum().backward()
+    assert block.geometry[0].weight.grad.abs().sum() > 0
+
+
+def test_lr_fast_path_saves_far_less_for_backward():
+    block = LocalRelation(C, kernel_size=7)
+    x = sample(shape=(1, C, 16, 16)).requires_grad_(True)
+    fast = saved_tensor_bytes(lambda: block(x), exclude=block)
+    ref = saved_tensor_bytes(lambda: block._reference_forward(x), exclude=block)
+    activation = x.numel() * 4
+    assert ref > 49 * activation  # the unfolded copy of x alone is 49x
+    # weights (49/8 = 6.1x), padded x (22^2/16^2 = 1.9x), x and the aggregated output (1x each)
+    assert fast < 11 * activation
+    assert fast * 4 < ref
