@@ -21,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
 from ctxlit.data.folders import FolderDataModule, SkippingDataset, decode_label, decode_rgb, describe_skipped, report, require_dir
@@ -150,12 +149,6 @@ class CityscapesDataModule(FolderDataModule):
         self.train_images, self.train_labels = scan_split(self.root, train_split, sink)
         self.val_images, self.val_labels = scan_split(self.root, val_split, sink)
         self.class_names = train_class_names()
-        self.train_dataset: CityscapesSegmentation | None = None
-        self.val_dataset: CityscapesSegmentation | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -170,14 +163,3 @@ class CityscapesDataModule(FolderDataModule):
             transform = segmentation_train(self.crop_height, self.crop_width, self.min_scale, self.max_scale, self.hflip)
             self.train_dataset = CityscapesSegmentation(self.train_images, self.train_labels, transform, self.skip_unreadable)
             self.val_dataset = CityscapesSegmentation(self.val_images, self.val_labels, None, self.skip_unreadable)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        return self._loader(self.train_dataset, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup("validate")
-        return self._loader(self.val_dataset, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()

@@ -389,6 +389,13 @@ class FolderDataModule(pl.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.class_names: list[str] = []
+        self.train_dataset: Dataset | None = None  # built by the subclass's setup()
+        self.val_dataset: Dataset | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     def _loader(self, dataset: Dataset, *, train: bool, sampler: Sampler | None = None) -> DataLoader:
         batch_size = self.batch_size if train else self.val_batch_size
@@ -402,6 +409,23 @@ class FolderDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             drop_last=train and len(dataset) >= batch_size,  # no size-1 last batch for BatchNorm
         )
+
+    def train_sampler(self) -> Sampler | None:
+        """The training sampler; None shuffles (subclasses may balance classes)."""
+        return None
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        return self._loader(self.train_dataset, train=True, sampler=self.train_sampler())
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.setup("validate")
+        return self._loader(self.val_dataset, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``N x 3 x H x W`` (any device) -> float32 normalised with ``mean``/``std``."""
@@ -461,8 +485,6 @@ class ClassificationFolderDataModule(FolderDataModule):
         self.cache = cache or cache_dir is not None
         self.cache_dir = cache_dir
         self.skipped: list[tuple[Path, str]] = []
-        self.train_dataset: LabelledImages | None = None
-        self.val_dataset: LabelledImages | None = None
         self._checked = False
 
     # -- samples ---------------------------------------------------------------------------
@@ -471,10 +493,6 @@ class ClassificationFolderDataModule(FolderDataModule):
         self.class_names = list(classes)
         self.train_files = [list(files) for files in train]
         self.val_files = [list(files) for files in val]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -547,18 +565,3 @@ class ClassificationFolderDataModule(FolderDataModule):
         if self.val_dataset is None and stage in (None, "fit", "validate", "test", "predict"):
             self.val_dataset = self._make_dataset(self.val_files, train=False)
 
-    def train_sampler(self) -> Sampler | None:
-        return None
-
-    def train_dataloader(self) -> DataLoader:
-        if self.train_dataset is None:
-            self.setup("fit")
-        return self._loader(self.train_dataset, train=True, sampler=self.train_sampler())
-
-    def val_dataloader(self) -> DataLoader:
-        if self.val_dataset is None:
-            self.setup("validate")
-        return self._loader(self.val_dataset, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()

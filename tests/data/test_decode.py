@@ -88,3 +88,14 @@ def test_resized_cache_shorter_side_and_reuse(tmp_path, on_disk):
         write_image(paths[0], 44, 60, seed=9)  # a changed file gives a new cache key
         ResizedImageCache.build(paths, 32, cache_dir)
         assert len(list((tmp_path / "cache").iterdir())) == 4
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    array = np.zeros((20, 30, 3), np.uint8)
+    array[:, :10] = (255, 0, 0)  # red band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(array).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    image = decode_rgb(tmp_path / "phone.jpg")
+    assert image.shape == (3, 30, 20)  # displayed upright: portrait
+    assert image[0, :10].float().mean() > 200 and image[0, -10:].float().mean() < 50  # red band now on top
