@@ -89,7 +89,7 @@ class CityscapesSegmentation(SkippingDataset):
         self.images, self.labels = images, labels
         self.transform = transform
         self.skip_unreadable = skip_unreadable
-        self.lut = label_id_to_train_id()
+        self.lut = label_id_to_train_id().numpy()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -102,10 +102,11 @@ class CityscapesSegmentation(SkippingDataset):
                 f"label {self.labels[i]} is {label_ids.shape[0]}x{label_ids.shape[1]} but its image "
                 f"{self.images[i]} is {image.shape[1]}x{image.shape[2]} (height x width); they must match"
             )
-        mask = self.lut[label_ids.long()]
-        if self.transform is not None:
-            image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+        if self.transform is not None:  # ids survive nearest resizing; padding 255 maps to 255
+            image, label_ids = self.transform(tv_tensors.Image(image), tv_tensors.Mask(label_ids))
+        # Map after the crop (fewer pixels); numpy indexes by uint8 directly, no int64 copy.
+        mask = torch.from_numpy(self.lut[label_ids.as_subclass(torch.Tensor).numpy()])
+        return image.as_subclass(torch.Tensor), mask
 
 
 class CityscapesDataModule(FolderDataModule):

@@ -93,8 +93,20 @@ def decode_rgb(path: str | os.PathLike) -> torch.Tensor:
 
 
 def decode_label(path: str | os.PathLike) -> torch.Tensor:
-    """Decode a single-channel label PNG to a ``H x W`` uint8 tensor; ``DatasetError`` names a bad file."""
+    """Decode a single-channel label PNG to a ``H x W`` uint8 tensor; ``DatasetError`` names a bad file.
+
+    libpng through ``decode_image`` for 8-bit grayscale (the Cityscapes case, ~3x faster than
+    PIL); PIL for everything else (palette indices, 16-bit, and the error message).
+    """
     path = os.fspath(path)
+    if decode_image is not None:
+        try:
+            label = decode_image(torch.from_numpy(np.fromfile(path, dtype=np.uint8)), mode=ImageReadMode.UNCHANGED)
+        except (RuntimeError, OSError, ValueError):
+            pass
+        else:
+            if label.shape[0] == 1 and label.dtype == torch.uint8:
+                return label[0]
     try:
         with Image.open(path) as opened:
             if opened.mode not in {"L", "P", "I", "I;16", "1"}:
