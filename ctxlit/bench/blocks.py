@@ -194,7 +194,7 @@ def _x(r: float | None) -> str:
 def _block_line(r: dict) -> str:
     shape = "x".join(map(str, r["shape"][1:]))
     return (
-        f"{r['block']:<6} {shape:>11} {r['time_ms']:>9.2f} {_x(r['time_ratio']):>8} {r['flops'] / 1e9:>8.3f} "
+        f"{r['block']:<6} {shape:>11} {r['time_ms']:>9.2f} {_x(r['time_ratio']):>8} {r['flops'] / 1e9:>8.4f} "
         f"{_x(r['flop_ratio']):>8} {_mb(r['saved_bytes']):>9} {_x(r['saved_ratio']):>8} {_mb(r['peak_bytes']):>8}"
     )
 

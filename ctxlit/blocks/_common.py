@@ -54,6 +54,30 @@ def hidden_width(owner: str, option: str, channels: int, ratio: float) -> int:
     return hidden
 
 
+def reduced_width(owner: str, option: str, channels: int, reduction: int) -> int:
+    """``channels // reduction``, refusing a reduction that leaves no hidden channel."""
+    check_positive(owner, option, reduction)
+    hidden = channels // reduction
+    if hidden < 1:
+        raise ConfigError(
+            f"{owner}: {option}={reduction} gives 0 hidden channels for channels={channels}; "
+            f"{option} must be <= {channels}"
+        )
+    return hidden
+
+
+def check_positive_options(owner: str, **values: float) -> None:
+    for option, value in values.items():
+        check_positive(owner, option, value)
+
+
+def reset_submodules(module: nn.Module) -> None:
+    """Default ``reset_parameters()`` of every submodule that has one."""
+    for child in module.modules():
+        if child is not module and hasattr(child, "reset_parameters"):
+            child.reset_parameters()
+
+
 class RecordsAttention:
     """Mixin for blocks whose attention can be read out with :func:`record_attention`."""
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctxlit.blocks._common import RecordsAttention, check_choice, check_positive
+from ctxlit.blocks._common import RecordsAttention, check_choice, check_positive_options
 from ctxlit.errors import ConfigError
 
 Phi = Literal["squared_diff", "abs_diff", "product"]
@@ -73,8 +73,9 @@ class LocalRelation(RecordsAttention, nn.Module):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         check_choice("LocalRelation", "phi", phi, Phi)
-        for option, value in (("stride", stride), ("channels_per_group", channels_per_group), ("geometry_hidden", geometry_hidden)):
-            check_positive("LocalRelation", option, value)
+        check_positive_options(
+            "LocalRelation", stride=stride, channels_per_group=channels_per_group, geometry_hidden=geometry_hidden
+        )
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ConfigError(f"LocalRelation: kernel_size must be a positive odd number; got {kernel_size}")
         if in_channels % channels_per_group:

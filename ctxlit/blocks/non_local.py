@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctxlit.blocks._common import RecordsAttention, check_choice, check_positive, query_indices
+from ctxlit.blocks._common import RecordsAttention, check_choice, query_indices, reduced_width
 from ctxlit.errors import ConfigError
 
 Mode = Literal["embedded_gaussian", "gaussian", "dot_product", "concatenation"]
@@ -69,10 +69,7 @@ class NonLocal(RecordsAttention, nn.Module):
     ) -> None:
         super().__init__()
         check_choice("NonLocal", "mode", mode, Mode)
-        check_positive("NonLocal", "reduction", reduction)
-        inter = channels // reduction
-        if inter < 1:
-            raise ConfigError(f"NonLocal: reduction={reduction} leaves 0 inner channels for channels={channels}")
+        inter = reduced_width("NonLocal", "reduction", channels, reduction)
         if scaled and mode not in SOFTMAX_MODES:
             raise ConfigError(f"NonLocal: scaled=True needs mode 'embedded_gaussian' or 'gaussian'; got mode={mode!r}")
         self.channels, self.inter = channels, inter

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ctxlit.blocks._common import RecordsAttention, check_positive
+from ctxlit.blocks._common import RecordsAttention, check_positive_options
 from ctxlit.errors import ConfigError
 
 
@@ -53,8 +53,9 @@ class SelectiveKernelConv(RecordsAttention, nn.Module):
     ) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
-        for option, value in (("stride", stride), ("branches", branches), ("groups", groups), ("reduction", reduction), ("min_dim", min_dim)):
-            check_positive("SelectiveKernelConv", option, value)
+        check_positive_options(
+            "SelectiveKernelConv", stride=stride, branches=branches, groups=groups, reduction=reduction, min_dim=min_dim
+        )
         for option, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if value % groups:
                 raise ConfigError(

@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ctxlit.blocks._common import RecordsAttention, check_positive
-from ctxlit.errors import ConfigError
+from ctxlit.blocks._common import RecordsAttention, reduced_width
 
 
 class SqueezeExcite(RecordsAttention, nn.Module):
@@ -34,13 +33,7 @@ class SqueezeExcite(RecordsAttention, nn.Module):
 
     def __init__(self, channels: int, *, reduction: int = 16) -> None:
         super().__init__()
-        check_positive("SqueezeExcite", "reduction", reduction)
-        hidden = channels // reduction
-        if hidden < 1:
-            raise ConfigError(
-                f"SqueezeExcite: reduction={reduction} gives 0 hidden channels for channels={channels}; "
-                f"reduction must be <= {channels}"
-            )
+        hidden = reduced_width("SqueezeExcite", "reduction", channels, reduction)
         self.channels, self.reduction, self.hidden = channels, reduction, hidden
         self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1)
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1)

@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctxlit.blocks._common import RecordsAttention, check_positive
-from ctxlit.errors import ConfigError
+from ctxlit.blocks._common import RecordsAttention, check_positive_options, reduced_width, reset_submodules
 
 
 def conv_bn(cin: int, cout: int, kernel: tuple[int, int], relu: bool = False) -> nn.Sequential:
@@ -62,9 +61,7 @@ class StripPooling(RecordsAttention, nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        reset_submodules(self)  # PyTorch defaults, as in SPNet (no zero-initialised layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y_h = self.strip_h(x.mean(dim=3, keepdim=True))
@@ -88,12 +85,8 @@ class MixedPooling(nn.Module):
 
     def __init__(self, channels: int, *, reduction: int = 4, pool1: int = 20, pool2: int = 12) -> None:
         super().__init__()
-        check_positive("MixedPooling", "reduction", reduction)
-        check_positive("MixedPooling", "pool1", pool1)
-        check_positive("MixedPooling", "pool2", pool2)
-        inter = channels // reduction
-        if inter < 1:
-            raise ConfigError(f"MixedPooling: reduction={reduction} leaves 0 inner channels for channels={channels}")
+        check_positive_options("MixedPooling", pool1=pool1, pool2=pool2)
+        inter = reduced_width("MixedPooling", "reduction", channels, reduction)
         self.channels, self.inter, self.reduction, self.pool1, self.pool2 = channels, inter, reduction, pool1, pool2
         self.reduce_short = conv_bn(channels, inter, (1, 1), relu=True)
         self.reduce_long = conv_bn(channels, inter, (1, 1), relu=True)
@@ -108,9 +101,7 @@ class MixedPooling(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        reset_submodules(self)  # PyTorch defaults, as in SPNet (no zero-initialised layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = (x.shape[-2], x.shape[-1])

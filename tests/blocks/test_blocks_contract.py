@@ -47,24 +47,25 @@ def test_state_dict_round_trip(name, options):
     torch.testing.assert_close(other(x), block(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("name", "options"), CASES)
-def test_channels_last_matches_contiguous(name, options):
+def trained_eval_output(name, options):
+    """A block with non-zero 'trained' parameters in eval mode, an input and its fp32 output."""
     block = make(name, options)
     perturb(block)
     block.eval()
     x = sample()
-    ref = block(x)
+    return block, x, block(x)
+
+
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_channels_last_matches_contiguous(name, options):
+    block, x, ref = trained_eval_output(name, options)
     out = block(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("name", "options"), CASES)
 def test_bf16_autocast_finite_and_close(name, options):
-    block = make(name, options)
-    perturb(block)
-    block.eval()
-    x = sample()
-    ref = block(x)
+    block, x, ref = trained_eval_output(name, options)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(x)
     assert torch.isfinite(out).all()

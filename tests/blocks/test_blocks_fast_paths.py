@@ -13,20 +13,27 @@ C = 64
 MODES = ["embedded_gaussian", "gaussian", "dot_product", "concatenation"]
 
 
+def assert_fast_path_matches_reference(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """forward == _reference_forward (fp32, 1e-5) and so are the input gradients; returns forward."""
+    x = x.clone().requires_grad_(True)
+    fast = block(x)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    ref = block._reference_forward(x)
+    (grad_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-4, atol=1e-4)
+    return fast.detach()
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("subsample", [False, True])
 @pytest.mark.parametrize("shape", [(2, C, 8, 8), (1, C, 7, 5)])
 def test_nl_fast_path_matches_explicit(mode, subsample, shape):
     block = NonLocal(C, mode=mode, subsample=subsample)
     perturb(block, scale=0.3)
-    x = sample(shape=shape).requires_grad_(True)
-    fast = block(x)
-    (grad_fast,) = torch.autograd.grad(fast.square().sum(), x)
-    ref = block._reference_forward(x)
-    (grad_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    x = sample(shape=shape)
+    fast = assert_fast_path_matches_reference(block, x)
     assert (fast - x).abs().max() > 1e-2  # the attention branch contributes
-    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-4, atol=1e-4)
 
 
 def test_nl_embedded_gaussian_is_unscaled_softmax():
@@ -90,13 +97,7 @@ LR_CASES = [
 def test_lr_fast_path_matches_unfold(options, shape):
     block = LocalRelation(C, **options)
     perturb(block, scale=0.3)
-    x = sample(shape=shape).requires_grad_(True)
-    fast = block(x)
-    (grad_fast,) = torch.autograd.grad(fast.square().sum(), x)
-    ref = block._reference_forward(x)
-    (grad_ref,) = torch.autograd.grad(ref.square().sum(), x)
-    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-4, atol=1e-4)
+    assert_fast_path_matches_reference(block, sample(shape=shape))
 
 
 def test_lr_weights_sum_to_one_and_skip_outside_positions():

@@ -108,11 +108,12 @@ def test_lr_parameter_count(cin, cout, hidden):
     [
         (lambda: NonLocal(C, mode="softmax"), r"mode must be one of 'embedded_gaussian', 'gaussian', 'dot_product', 'concatenation'; got 'softmax'"),
         (lambda: NonLocal(C, mode="dot_product", scaled=True), r"scaled=True needs mode 'embedded_gaussian' or 'gaussian'"),
-        (lambda: NonLocal(C, reduction=128), r"reduction=128 leaves 0 inner channels"),
+        (lambda: NonLocal(C, reduction=128), r"NonLocal: reduction=128 gives 0 hidden channels"),
         (lambda: SqueezeExcite(C, reduction=128), r"reduction=128 gives 0 hidden channels"),
         (lambda: SqueezeExcite(C, reduction=0), r"reduction must be > 0"),
         (lambda: GloRe(C, node_ratio=0.001), r"node_ratio=0.001 gives 0 hidden channels"),
         (lambda: MixedPooling(C, pool1=0), r"pool1 must be > 0"),
+        (lambda: MixedPooling(C, reduction=0), r"reduction must be > 0"),
         (lambda: SelectiveKernelConv(48), r"in_channels=48 must be divisible by groups=32"),
         (lambda: SelectiveKernelConv(64, 80), r"out_channels=80 must be divisible by groups=32"),
         (lambda: SelectiveKernelConv(64, stride=0), r"stride must be > 0"),
