@@ -192,3 +192,12 @@ def test_counts_survive_a_copy_of_the_tree(food_flat, tmp_path):
     copy = shutil.copytree(food_flat, tmp_path / "copy")
     a, b = food(food_flat, split_seed=3), food(copy, split_seed=3)
     assert [[p.name for p in f] for f in a.val_files] == [[p.name for p in f] for f in b.val_files]
+
+
+def test_worker_errors_keep_the_file_name(food_split):
+    _corrupt(food_split)
+    (food_split / "val" / "salad" / "notes.txt").unlink()
+    dm = food(food_split, num_workers=2, batch_size=20, image_size=32)
+    dm.setup("fit")
+    with pytest.raises(DatasetError, match=r"DataLoader worker(?s:.*)cannot decode image file .*(cut|text)\.jpg"):
+        next(iter(dm.train_dataloader()))
