@@ -19,9 +19,12 @@ As in the paper there is no 1/sqrt(d) scaling of the logits; ``scaled=True`` add
 the two softmax modes). BN's gamma starts at 0 so the block starts as the identity.
 
 Fast paths (``forward``): the embedded-Gaussian and Gaussian forms are exactly
-``scaled_dot_product_attention(theta, phi, g, scale=1)``, so the L x Lk matrix is never
-materialised by the fused kernels (memory-efficient / flash attention on GPU); the dot-product
-form is computed as ``theta (phi^T g) / Lk``, linear in L. Concatenation has no shortcut.
+``scaled_dot_product_attention(theta, phi, g, scale=1)``; its fused kernels (flash attention on
+CPU, flash / memory-efficient on GPU) never keep the L x Lk matrix, which at Cityscapes
+resolution would not fit. They need a unit-stride feature dim (the token views are made
+contiguous) and, for the Gaussian form, equal q/v widths (g is zero-padded to C and the
+result sliced). The dot-product form is computed as ``theta (phi^T g) / Lk``, linear in L.
+Concatenation has no shortcut.
 ``_reference_forward`` computes the explicit pairwise matrix (tests and the benchmark compare).
 
 Read-out: attention of chosen query positions (relative (y, x) from
@@ -111,7 +114,9 @@ class NonLocal(RecordsAttention, nn.Module):
         key_grid = (key.shape[-2], key.shape[-1])
 
         def tokens(t: torch.Tensor) -> torch.Tensor:
-            return t.flatten(2).transpose(1, 2)
+            # unit stride on the feature dim: SDPA's fused CPU/GPU kernels need it and fall back
+            # to the math path (which materialises L x Lk) otherwise; no copy for channels_last
+            return t.flatten(2).transpose(1, 2).contiguous()
 
         return tokens(query), tokens(key), tokens(value), key_grid
 
@@ -141,12 +146,21 @@ class NonLocal(RecordsAttention, nn.Module):
         if self._attention_sink is not None:
             self._record_queries(query, key, x, key_grid)
         if self.mode in SOFTMAX_MODES:
-            y = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
+            y = self._attend(query, key, value)
         elif self.mode == "dot_product":
             y = query @ (key.transpose(1, 2) @ value) / key.shape[1]
         else:
             y = self._pairwise(query, key) @ value
         return self._finish(x, y)
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """softmax(scale * q k^T) v through SDPA's fused kernels."""
+        extra = query.shape[-1] - value.shape[-1]
+        if extra > 0:
+            # Gaussian mode: q, k are x (C dims), v is g (Ci dims). The fused kernels want equal
+            # head dims (else the math path materialises L x Lk), so pad v with zeros and slice.
+            return F.scaled_dot_product_attention(query, key, F.pad(value, (0, extra)), scale=self.scale)[..., : -extra]
+        return F.scaled_dot_product_attention(query, key, value, scale=self.scale)
 
     def _reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Explicit version: materialises the (N, L, Lk) pairwise matrix."""

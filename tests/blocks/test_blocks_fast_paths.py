@@ -36,6 +36,21 @@ def test_nl_fast_path_matches_explicit(mode, subsample, shape):
     assert (fast - x).abs().max() > 1e-2  # the attention branch contributes
 
 
+@pytest.mark.parametrize("mode", ["embedded_gaussian", "gaussian", "dot_product"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nl_fast_path_keeps_no_pairwise_matrix(mode, channels_last):
+    """SDPA's fused kernel (and theta(phi^T g)) save O(L) for backward, the explicit path O(L^2)."""
+    block = NonLocal(C, mode=mode)
+    x = sample(shape=(1, C, 40, 40)).requires_grad_(True)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    pairwise = 1600 * 1600 * 4  # 10 MB; x itself is 0.4 MB
+    fast = saved_tensor_bytes(lambda: block(x), exclude=block)
+    ref = saved_tensor_bytes(lambda: block._reference_forward(x), exclude=block)
+    assert ref > pairwise
+    assert fast < pairwise / 4
+
+
 def test_nl_embedded_gaussian_is_unscaled_softmax():
     """The paper's f = softmax(theta^T phi), no 1/sqrt(d): written out by hand here."""
     block = NonLocal(C)
