@@ -116,3 +116,33 @@ def test_unknown_block_lists_allowed_names():
 def test_unknown_option_lists_allowed_options():
     with pytest.raises(ValueError, match=r"no option\(s\) colour.*allowed options: ratio, pooling, fusion, layernorm"):
         build_block("gc", 64, colour="red")
+
+
+def test_partial_with_options_like_the_cli():
+    block = functools.partial(BLOCKS["gc"], ratio=0.25, fusion="mul")(CHANNELS)
+    assert (block.hidden, block.fusion) == (16, "mul")
+
+
+@pytest.mark.parametrize(
+    ("class_path", "init_args", "check"),
+    [
+        ("ctxlit.blocks.GlobalContext", {"fusion": "mul", "ratio": 0.25}, lambda b: b.fusion == "mul" and b.hidden == 16),
+        ("ctxlit.blocks.NonLocal", {"mode": "dot_product", "subsample": True}, lambda b: b.mode == "dot_product"),
+        ("ctxlit.blocks.LocalRelation", {"phi": "product", "kernel_size": 3}, lambda b: b.offsets.shape == (9, 2)),
+    ],
+)
+def test_jsonargparse_builds_a_channel_callable(class_path, init_args, check):
+    """How LightningCLI receives a block: class_path + init_args as Callable[[int], nn.Module]."""
+    import json
+    from collections.abc import Callable
+
+    import jsonargparse
+
+    parser = jsonargparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--block", type=Callable[[int], torch.nn.Module])
+    cfg = parser.parse_args([f"--block={json.dumps({'class_path': class_path, 'init_args': init_args})}"])
+    block = parser.instantiate_classes(cfg).block(CHANNELS)
+    assert check(block)
+    bad = {"class_path": class_path, "init_args": {next(iter(init_args)): "not-a-choice"}}
+    with pytest.raises(Exception, match="block"):  # the Literal / type annotation rejects it
+        parser.parse_args([f"--block={json.dumps(bad)}"])
