@@ -63,10 +63,11 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "sknet101": _named(resnet.sknet, 101, doc="SKNet-101: ResNeXt-101 32x4d with SK convolutions, 48.9M params."),
     "lrnet26": _named(resnet.lrnet, 26, doc="LR-Net-26 (Hu et al. 2019): 7x7 local relation layers, m=8."),
     "lrnet50": _named(resnet.lrnet, 50, doc="LR-Net-50 (Hu et al. 2019): 7x7 local relation layers, m=8."),
-    "hrnet_w18_small": _named(hrnet.hrnet, "w18_small", doc="HRNet-W18-small (v1)."),
-    "hrnet_w18": _named(hrnet.hrnet, "w18", doc="HRNet-W18 (Wang et al. 2019)."),
-    "hrnet_w32": _named(hrnet.hrnet, "w32", doc="HRNet-W32."),
-    "hrnet_w48": _named(hrnet.hrnet, "w48", doc="HRNet-W48."),
+    "hrnet_w18_small": _named(hrnet.hrnet, "w18_small", doc="HRNet-W18-small v1 (classifier 13.2M params)."),
+    "hrnet_w18_small_v2": _named(hrnet.hrnet, "w18_small_v2", doc="HRNet-W18-small v2 (classifier 15.6M params)."),
+    "hrnet_w18": _named(hrnet.hrnet, "w18", doc="HRNet-W18 (classifier HRNet-W18-C 21.3M; HRNetV2-W18 features)."),
+    "hrnet_w32": _named(hrnet.hrnet, "w32", doc="HRNet-W32 (classifier 41.2M)."),
+    "hrnet_w48": _named(hrnet.hrnet, "w48", doc="HRNet-W48 (classifier 77.5M)."),
 }
 
 

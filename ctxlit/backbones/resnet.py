@@ -381,8 +381,11 @@ def sknet(depth: int, *, plugins: Any = None, sk_options: dict[str, Any] | None 
 
 
 # LR-Net-50 bottleneck inner widths from the paper's Table 1 (Hu et al. 2019, arXiv 1904.11491;
-# reproduced in seed 003): 100, 200, 400, 800 instead of ResNet's 64, 128, 256, 512.
-LRNET_MID_CHANNELS = (100, 200, 400, 800)
+# reproduced in seed 003): 100, 200, 400, 800 instead of ResNet's 64, 128, 256, 512. With m=8
+# channels per aggregation group the width must be a multiple of 8, so res2 uses 104 (the
+# paper does not say how it splits 100 channels into groups of 8). LR-Net-50 then has 23.38M
+# parameters (paper: 23.3M); LR-Net-26 uses the same widths with [2, 2, 2, 2] blocks.
+LRNET_MID_CHANNELS = (104, 200, 400, 800)
 
 
 def lrnet(depth: int, *, plugins: Any = None, lr_options: dict[str, Any] | None = None, **kwargs: Any) -> ResNet:
