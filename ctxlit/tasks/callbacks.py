@@ -1,0 +1,127 @@
+"""Callbacks every fit gets: model complexity at the start, throughput, a final summary."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from ctxlit.utils.complexity import NOTE_NOT_COUNTED, measure_complexity
+
+
+class RunSummary(pl.Callback):
+    """Logs parameters/FLOPs when a fit starts, images/s each epoch, and prints a summary at the end.
+
+    Throughput counts training batches only: per epoch, from the end of the first batch (so
+    DataLoader start-up is excluded) to the end of the last one (validation runs after it),
+    summed over DDP ranks.
+    """
+
+    def __init__(self) -> None:
+        self.complexity = None
+        self.images = 0
+        self.seconds = 0.0
+        self.fit_seconds = 0.0
+        self._epoch_first_end: float | None = None
+        self._epoch_last_end: float | None = None
+        self._epoch_images = 0
+        self._fit_start = 0.0
+
+    # -- start -------------------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+        shape = getattr(trainer.datamodule, "input_shape", None)
+        network = getattr(pl_module, "network", pl_module)
+        if shape is not None and trainer.is_global_zero:
+            self.complexity = measure_complexity(network, (1, *shape))
+            numbers = {f"model/{k}": v for k, v in self.complexity.as_dict().items()}
+            for logger in trainer.loggers:
+                logger.log_hyperparams(numbers)
+            self._print_model(network)
+
+    @rank_zero_only
+    def _print_model(self, network) -> None:
+        c = self.complexity
+        print(f"[ctxlit] model: {c.params / 1e6:.3f}M parameters, {c.flops / 1e9:.4f} GFLOPs "
+              f"({c.macs / 1e9:.4f} GMACs) at input {tuple(c.input_shape)}")
+        print(f"[ctxlit] {NOTE_NOT_COUNTED}")
+        try:
+            from ctxlit.backbones import describe_plugins
+        except ImportError:  # pragma: no cover - older backbone package
+            return
+        rows = describe_plugins(network)
+        print(f"[ctxlit] plugins: {len(rows)} inserted" + (":" if rows else ""))
+        for row in rows:
+            print(f"[ctxlit]   {row}")
+
+    # -- throughput ----------------------------------------------------------------------------
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_first_end = self._epoch_last_end = None
+        self._epoch_images = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._epoch_first_end is None:
+            self._epoch_first_end = now
+            return
+        self._epoch_last_end = now
+        self._epoch_images += len(batch[0]) * trainer.world_size
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._epoch_last_end is None:
+            return
+        seconds = self._epoch_last_end - self._epoch_first_end
+        self.images += self._epoch_images
+        self.seconds += seconds
+        if seconds > 0:
+            pl_module.log("train/images_per_sec", self._epoch_images / seconds, rank_zero_only=True)
+
+    @property
+    def images_per_sec(self) -> float | None:
+        return self.images / self.seconds if self.seconds > 0 else None
+
+    # -- end -----------------------------------------------------------------------------------
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.fit_seconds = time.perf_counter() - self._fit_start
+        if trainer.is_global_zero:
+            print(self.summary_text(trainer))
+
+    def summary_text(self, trainer: pl.Trainer) -> str:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        lines = ["", "=" * 72, "ctxlit run summary", "-" * 72]
+        ckpt = trainer.checkpoint_callback
+        if "val/acc1" in metrics:
+            best = f", best {float(ckpt.best_model_score):.4f}" if ckpt and ckpt.best_model_score is not None else ""
+            lines.append(f"validation accuracy   top-1 {metrics['val/acc1']:.4f} (last epoch{best})"
+                         + (f", top-5 {metrics['val/acc5']:.4f}" if "val/acc5" in metrics else ""))
+        if self.complexity is not None:
+            c = self.complexity
+            lines.append(f"parameters            {c.params:,} ({c.params / 1e6:.3f}M)")
+            lines.append(f"FLOPs                 {c.flops / 1e9:.4f} G per image at {tuple(c.input_shape[1:])} "
+                         f"({c.macs / 1e9:.4f} GMACs; conv/matmul only)")
+        if self.images_per_sec is not None:
+            lines.append(f"training throughput   {self.images_per_sec:.1f} images/s "
+                         f"(over {self.images} images, all ranks)")
+        lines.append(f"wall time             {self.fit_seconds:.1f} s, {trainer.current_epoch} epochs, "
+                     f"{trainer.global_step} steps")
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                lines.append(f"CSV log               {Path(logger.log_dir) / 'metrics.csv'}")
+            elif isinstance(logger, WandbLogger):
+                run_dir = Path(logger.experiment.dir).parent if logger.experiment else None
+                mode = getattr(getattr(logger.experiment, "settings", None), "mode", "")
+                lines.append(f"W&B run               {run_dir} ({mode})"
+                             + (f"; upload later: wandb sync {run_dir}" if mode == "offline" else ""))
+        if ckpt is not None:
+            if ckpt.best_model_path:
+                lines.append(f"best checkpoint       {ckpt.best_model_path}")
+            if ckpt.last_model_path:
+                lines.append(f"last checkpoint       {ckpt.last_model_path}")
+        lines.append("=" * 72)
+        return "\n".join(lines)

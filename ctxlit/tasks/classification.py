@@ -1,0 +1,185 @@
+"""Image classification: a backbone from the zoo, one block under study, placed by config.
+
+The network is ``build_backbone(backbone, num_classes=..., plugins=[...], **backbone_options)``.
+The block under study and where it goes are plain values, so every ablation knob is one
+dotted key on the command line, in a YAML config and in a W&B sweep::
+
+    --model.init_args.block=none                                   # the baseline
+    --model.init_args.block=gc                                     # registry name, defaults
+    --model.init_args.block=ctxlit.blocks.GlobalContext \
+        --model.init_args.block.init_args.fusion=mul               # any option of the block
+    --model.init_args.placement.stages=[3,4]
+    --model.init_args.placement.position=after_add
+
+Further placements (several blocks in one network) go in ``extra_plugins`` in the format
+of :func:`ctxlit.backbones.build_backbone`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from ctxlit.backbones import build_backbone
+from ctxlit.blocks import BLOCKS
+
+#: A block registry name (built with its defaults), "none" for the baseline, or a block class
+#: given as ``class_path`` + ``init_args`` (the CLI turns it into ``channels -> module``).
+BlockName = Literal.__getitem__(("none", *BLOCKS))
+BlockArg = Union[BlockName, Callable[[int], nn.Module], None]
+
+
+@dataclass
+class Placement:
+    """Where the block under study goes (see ``ctxlit.backbones.plugins`` for the meanings).
+
+    ``stages`` are numbered like torchvision's layer1..layer4 (c2..c5); ``blocks`` is
+    ``"all"``, ``"last"``, ``"first"`` or a list of indices within each stage.
+    """
+
+    stages: Union[list[int], Literal["all"]] = field(default_factory=lambda: [2, 3, 4])
+    blocks: Union[Literal["all", "last", "first"], list[int]] = "all"
+    position: Literal[
+        "after_last_conv", "after_conv1", "after_conv2", "after_conv3", "after_add",
+        "replace_conv1", "replace_conv2", "default",
+    ] = "default"
+
+
+class ClassificationTask(pl.LightningModule):
+    """Cross-entropy classification with top-1/top-5 accuracy, SGD or AdamW, warmup + cosine.
+
+    Args:
+        num_classes: number of classes; the CLI links it from the data module.
+        backbone: a name from ``ctxlit.backbones.list_backbones()``.
+        backbone_options: keyword options of that backbone (``width``, ``stem``, ...).
+        block: the block under study; ``"none"`` (or null) trains the plain backbone.
+        placement: where ``block`` goes.
+        extra_plugins: further plugin specs, in ``build_backbone``'s format.
+        label_smoothing: cross-entropy label smoothing.
+        optimizer: ``"sgd"`` (Nesterov off, momentum ``momentum``) or ``"adamw"``.
+        lr: peak learning rate, reached after warmup.
+        warmup_epochs: linear warmup length in epochs (fractions allowed).
+        min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
+        use_class_weights: weight the loss by the data module's ``class_weights`` if it has them.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet18",
+        backbone_options: dict[str, Any] | None = None,
+        block: BlockArg = "none",
+        placement: Placement = Placement(),
+        extra_plugins: list[dict[str, Any]] | None = None,
+        label_smoothing: float = 0.0,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 1.0,
+        min_lr_ratio: float = 0.0,
+        use_class_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.network = build_backbone(
+            backbone,
+            num_classes=num_classes,
+            plugins=self.plugin_specs(block, placement, extra_plugins),
+            **(backbone_options or {}),
+        )
+        top_k = min(5, num_classes)
+        self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
+        self.class_weights: torch.Tensor | None = None
+
+    @staticmethod
+    def plugin_specs(block: BlockArg, placement: Placement, extra: list[dict] | None) -> list[dict]:
+        specs = []
+        if block not in (None, "none"):
+            spec = {"block": block, "stages": placement.stages, "blocks": placement.blocks}
+            if placement.position != "default":
+                spec["position"] = placement.position
+            specs.append(spec)
+        return specs + list(extra or [])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        weights = getattr(self.trainer.datamodule, "class_weights", None) if self._trainer else None
+        if self.hparams.use_class_weights and weights is not None:
+            self.class_weights = torch.as_tensor(weights, dtype=torch.float32)
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self._loss(logits, targets)
+        self.train_acc1(logits, targets)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        logits = self(images)
+        # Metric objects (not floats) so Lightning syncs exact counts across DDP ranks.
+        self.val_acc1(logits, targets)
+        self.val_acc5(logits, targets)
+        self.log("val/loss", F.cross_entropy(logits, targets), sync_dist=True)
+        self.log("val/acc1", self.val_acc1, prog_bar=True)
+        self.log("val/acc5", self.val_acc5)
+
+    # -- optimisation --------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = parameter_groups(self, hp.weight_decay)
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        else:
+            opt = torch.optim.AdamW(groups, lr=hp.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        # estimated_stepping_batches has loaded the train dataloader, so its length is known.
+        per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
+        per_epoch = per_epoch if math.isfinite(per_epoch) and per_epoch > 0 else total
+        warmup = min(total - 1, int(round(hp.warmup_epochs * per_epoch)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, total, hp.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/linear weights only, not on biases and normalisation scales."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
+    """LR factor: linear from 1/(warmup+1) to 1 over ``warmup_steps``, then cosine to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny, fast version of the default experiment for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+#: Overrides that shrink the default experiment to a few seconds on one CPU core.
+TINY = [
+    "--data.init_args.train_size=64",
+    "--data.init_args.val_size=24",
+    "--data.init_args.image_size=32",
+    "--data.init_args.glyph_size=5",
+    "--data.init_args.batch_size=16",
+    "--model.init_args.backbone_options.width=8",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture
+def offline_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """An environment with no W&B key, no W&B mode chosen and a private HOME (no ~/.netrc)."""
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT", "WANDB_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NETRC", str(home / ".netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(home / ".cache" / "wandb"))
+    return dict(os.environ)
+
+
+def run_fit(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m ctxlit.fit <args>`` in a fresh process, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "ctxlit.fit", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )

@@ -1,0 +1,201 @@
+"""``python -m ctxlit.fit`` end to end on the synthetic benchmark, as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ctxlit.fit import DEFAULT_CONFIG, main, with_defaults
+from tests.conftest import TINY, run_fit
+
+
+def test_experiments_default_is_the_builtin_default():
+    linked = Path(__file__).parents[1] / "experiments" / "synthetic" / "default.yaml"
+    assert linked.resolve() == DEFAULT_CONFIG.resolve()
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert config["model"]["init_args"]["block"] == "gc"
+    assert config["data"]["class_path"] == "ctxlit.data.SyntheticContextDataModule"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], ["fit", "--config", str(DEFAULT_CONFIG)]),
+        (["--trainer.max_epochs=1"], ["fit", "--config", str(DEFAULT_CONFIG), "--trainer.max_epochs=1"]),
+        (["fit", "--config", "x.yaml"], ["fit", "--config", "x.yaml"]),
+        (["validate", "--config=x.yaml"], ["validate", "--config=x.yaml"]),
+        (["--config", "x.yaml", "--trainer.devices=2"], ["fit", "--config", "x.yaml", "--trainer.devices=2"]),
+    ],
+)
+def test_with_defaults_inserts_only_what_is_missing(argv, expected):
+    assert with_defaults(argv) == expected
+    # Lightning's DDP launcher re-runs the command with the same argv: applying it twice is a no-op.
+    assert with_defaults(with_defaults(argv)) == expected
+
+
+def test_fit_end_to_end_writes_logs_checkpoints_and_summary(tmp_path, offline_env):
+    result = run_fit([*TINY, "--trainer.max_epochs=2", "--trainer.log_every_n_steps=2"], cwd=tmp_path, env=offline_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "ctxlit run summary" in out
+    for needle in ("validation accuracy", "parameters", "FLOPs", "training throughput", "best checkpoint",
+                   "last checkpoint", "CSV log", "W&B run"):
+        assert needle in out, needle
+    version = tmp_path / "runs" / "synthetic" / "version_0"
+    ckpts = sorted(p.name for p in (version / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(name.startswith("best-") for name in ckpts)
+    assert (version / "config.yaml").is_file()
+    rows = list(csv.DictReader((version / "metrics.csv").open()))
+    columns = set(rows[0])
+    assert {"val/acc1", "val/acc5", "train/loss", "train/lr", "train/images_per_sec"} <= columns
+    val_acc = [float(r["val/acc1"]) for r in rows if r.get("val/acc1")]
+    assert len(val_acc) == 2 and all(0.0 <= a <= 1.0 for a in val_acc)
+    # No network and no API key: W&B chose offline mode by itself and wrote a run.
+    runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    assert list(runs[0].glob("run-*.wandb"))
+
+
+def test_wandb_offline_run_holds_the_logged_metrics(tmp_path, offline_env, monkeypatch):
+    # fast_dev_run would drop the loggers, so a short max_steps run exercises real logging.
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "--trainer.max_steps=4", "--trainer.log_every_n_steps=1",
+            "--trainer.logger.1.init_args.save_dir=wb", "--trainer.logger.0.init_args.save_dir=csv"]
+    assert main(args) == 0
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    from wandb.sdk.internal.datastore import DataStore  # the reader `wandb sync` uses
+    from wandb.proto import wandb_internal_pb2
+
+    store = DataStore()
+    store.open_for_scan(str(next(runs[0].glob("run-*.wandb"))))
+    logged: set[str] = set()
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            logged |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+    assert {"train/loss", "train/lr"} <= logged, logged
+
+
+def test_print_config_round_trips(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--print_config", "--model.init_args.block=se", "--trainer.max_epochs=3"])
+    assert exit_info.value.code in (0, None)
+    first = capsys.readouterr().out
+    config_file = tmp_path / "printed.yaml"
+    config_file.write_text(first)
+    with pytest.raises(SystemExit):
+        main(["--config", str(config_file), "--print_config"])
+    second = capsys.readouterr().out
+    assert yaml.safe_load(first) == yaml.safe_load(second)
+    parsed = yaml.safe_load(second)
+    assert parsed["model"]["init_args"]["block"] == "se"
+    assert parsed["trainer"]["max_epochs"] == 3
+    assert not (tmp_path / "runs").exists()
+
+
+def test_block_options_are_single_dotted_keys(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["--model.init_args.block=ctxlit.blocks.GlobalContext", "--model.init_args.block.init_args.fusion=mul",
+              "--model.init_args.block.init_args.layernorm=false", "--model.init_args.placement.stages=[3,4]",
+              "--print_config"])
+    block = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["block"]
+    assert block["class_path"] == "ctxlit.blocks.GlobalContext"
+    assert block["init_args"]["fusion"] == "mul" and block["init_args"]["layernorm"] is False
+
+
+def test_sweep_json_args_file_sets_nested_block_options(tmp_path, capsys, monkeypatch):
+    """The form a W&B agent uses: ``--config base.yaml --config args.json`` with dotted keys."""
+    monkeypatch.chdir(tmp_path)
+    args_json = tmp_path / "args.json"
+    args_json.write_text('{"model.init_args.block.init_args.fusion": "both", "model.init_args.lr": 0.05,'
+                         ' "model.init_args.block.init_args.layernorm": false}')
+    base = tmp_path / "base.yaml"
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["model"]["init_args"]["block"] = {"class_path": "ctxlit.blocks.GlobalContext"}
+    base.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit):
+        main(["--config", str(base), "--config", str(args_json), "--print_config"])
+    model = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert model["lr"] == 0.05
+    assert model["block"]["init_args"]["fusion"] == "both" and model["block"]["init_args"]["layernorm"] is False
+
+
+@pytest.mark.parametrize(
+    "args, culprit, allowed",
+    [
+        (["--model.init_args.no_such_option=1"], "no_such_option", None),
+        (["--trainer.max_epochs=three"], "max_epochs", None),
+        (["--model.init_args.block=nonexistent"], "nonexistent", "'gc'"),
+        (["--model.init_args.block=ctxlit.blocks.GlobalContext", "--model.init_args.block.init_args.pooling=max"],
+         "pooling", "'att'"),
+        (["--config", "does/not/exist.yaml"], "does/not/exist.yaml", None),
+    ],
+    ids=["unknown-key", "wrong-type", "unknown-block", "bad-block-option", "missing-config"],
+)
+def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys, monkeypatch, args, culprit, allowed):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert culprit in err
+    if allowed:
+        assert allowed in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_block_option_rejected_by_the_block_is_one_line_error(tmp_path, capsys, monkeypatch):
+    # The type is right (a float) but the value leaves the block no hidden channel.
+    monkeypatch.chdir(tmp_path)
+    code = main([*TINY, "--model.init_args.block=ctxlit.blocks.GlobalContext",
+                 "--model.init_args.block.init_args.ratio=0.001"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "ratio" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _final_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.slow
+def test_resume_from_last_checkpoint_matches_uninterrupted_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = [*TINY, "--trainer.logger=false", "--trainer.max_epochs=3"]  # 4 steps per epoch
+    assert main([*base, "--checkpoint.dirpath=straight"]) == 0
+    # Stop after k=6 steps (mid-epoch 2), then resume from last.ckpt in a fresh trainer.
+    assert main([*base, "--checkpoint.dirpath=split", "--trainer.max_steps=6"]) == 0
+    stopped = _final_weights(tmp_path / "split" / "last.ckpt")
+    assert torch.load(tmp_path / "split" / "last.ckpt", weights_only=False)["global_step"] == 6
+    assert main([*base, "--checkpoint.dirpath=split", "--ckpt_path=split/last.ckpt"]) == 0
+    straight = _final_weights(tmp_path / "straight" / "last.ckpt")
+    resumed = _final_weights(tmp_path / "split" / "last.ckpt")
+    assert straight.keys() == resumed.keys()
+    assert any(not torch.equal(stopped[k], straight[k]) for k in straight)  # the resume did train
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_make_one_wandb_run(tmp_path, offline_env):
+    result = run_fit(
+        [*TINY, "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+         "--trainer.max_steps=3", "--data.init_args.val_size=23"],
+        cwd=tmp_path, env=offline_env,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("ctxlit run summary") == 1
+    runs = list((tmp_path / "runs" / "wandb").glob("*run-*"))
+    assert len(runs) == 1, runs
+    versions = list((tmp_path / "runs" / "synthetic").iterdir())
+    assert len(versions) == 1, versions
