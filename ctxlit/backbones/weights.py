@@ -3,7 +3,8 @@
 Accepts a plain state dict (``torch.save(model.state_dict())``, torchvision's ``.pth``
 files), a dict holding one under ``state_dict`` / ``model`` / ``model_state_dict`` (Lightning
 ``.ckpt``, many training scripts), with any common key prefix (``module.``,
-``model.backbone.``, ...): the prefix that makes most keys match the model is stripped.
+``model.backbone.``, ...): the prefix that makes most keys match the model is stripped (or,
+for a plain backbone checkpoint loaded into a wrapper module, the wrapper's prefix is added).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class LoadReport:
 
     path: str
     prefix: str
+    added_prefix: str = ""
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     missing_plugins: list[str] = field(default_factory=list)
@@ -49,7 +51,8 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.shape_mismatch)
 
     def __str__(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors from {self.path}" + (f" (prefix {self.prefix!r} stripped)" if self.prefix else "")]
+        lines = [f"loaded {len(self.loaded)} tensors from {self.path}" + (f" (prefix {self.prefix!r} stripped)" if self.prefix else "")
+            + (f" (into {self.added_prefix!r})" if self.added_prefix else "")]
         if self.missing_plugins:
             mods = sorted({k.split(".plugins.")[0] + ".plugins" if ".plugins." in k else k.rsplit(".", 1)[0] for k in self.missing_plugins})
             lines.append(
@@ -108,18 +111,34 @@ def _read(path: str | os.PathLike) -> Mapping[str, Any]:
     return tensors
 
 
-def _best_prefix(ckpt_keys: list[str], model_keys: set[str]) -> str:
+def _prefix_votes(keys: list[str], targets: set[str]) -> Counter[str]:
+    """For each key, the shortest leading ``a.b.`` whose removal makes it one of ``targets``."""
     votes: Counter[str] = Counter()
-    for key in ckpt_keys:
+    for key in keys:
         parts = key.split(".")
         for i in range(len(parts)):
-            if ".".join(parts[i:]) in model_keys:
+            if ".".join(parts[i:]) in targets:
                 votes[".".join(parts[:i]) + ("." if i else "")] += 1
                 break
+    return votes
+
+
+def _best(votes: Counter[str]) -> tuple[str, int]:
     if not votes:
-        return ""
+        return "", 0
     best = max(votes.values())
-    return min((p for p, n in votes.items() if n == best), key=len)
+    return min((p for p, n in votes.items() if n == best), key=len), best
+
+
+def _align(ckpt_keys: list[str], model_keys: set[str]) -> tuple[str, str]:
+    """(prefix to strip from checkpoint keys, prefix to add) that matches the most keys.
+
+    Stripping covers ``module.`` / ``model.backbone.`` checkpoints; adding covers loading a
+    plain backbone checkpoint into a wrapper (``task.network.layer1...``).
+    """
+    strip, n_strip = _best(_prefix_votes(ckpt_keys, model_keys))
+    add, n_add = _best(_prefix_votes(list(model_keys), set(ckpt_keys)))
+    return (strip, "") if n_strip >= n_add else ("", add)
 
 
 def _is_plugin_key(key: str, model: nn.Module, replaced: set[str]) -> bool:
@@ -148,14 +167,14 @@ def load_weights(
     """
     state = _read(path)
     own = model.state_dict()
-    prefix = _best_prefix(list(state), set(own))
-    report = LoadReport(path=os.fspath(path), prefix=prefix)
+    prefix, added = _align(list(state), set(own))
+    report = LoadReport(path=os.fspath(path), prefix=prefix, added_prefix=added)
     usable: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not key.startswith(prefix):
             report.outside_prefix.append(key)
             continue
-        name = key[len(prefix):]
+        name = added + key[len(prefix):]
         if name not in own:
             report.unexpected.append(name)
         elif tuple(own[name].shape) != tuple(value.shape):
@@ -170,7 +189,7 @@ def load_weights(
         )
     replaced = _replaced_convs(model)
     for name in own:
-        if name in usable:
+        if name in usable or not name.startswith(added):
             continue
         if _is_plugin_key(name, model, replaced):
             report.missing_plugins.append(name)

@@ -130,3 +130,15 @@ def test_load_missing_file_names_the_path(tmp_path):
     bad.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="bad.pth"):
         load_weights(build_backbone("resnet10", width=8), bad)
+
+
+def test_load_backbone_checkpoint_into_wrapper_module(tmp_path):
+    path = tmp_path / "r10.pth"
+    src = build_backbone("resnet10", width=8, num_classes=3)
+    torch.save(src.state_dict(), path)
+    wrapper = torch.nn.Module()
+    wrapper.network = build_backbone("resnet10", width=8, num_classes=3)
+    wrapper.head = torch.nn.Linear(3, 2)
+    report = load_weights(wrapper, path)
+    assert report.added_prefix == "network." and report.clean and len(report.loaded) == len(src.state_dict())
+    torch.testing.assert_close(wrapper.network.fc.weight, src.fc.weight)
