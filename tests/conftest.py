@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 
 #: Overrides that shrink the default experiment to a few seconds on one CPU core.
 TINY = [
@@ -41,3 +42,15 @@ def run_fit(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 30
         [sys.executable, "-m", "ctxlit.fit", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
+
+
+class StopAtStep(pl.Callback):
+    """Interrupt a fit after ``step`` optimizer steps without changing its configuration
+    (so the LR schedule is the one of the full run), like a pre-empted job."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True

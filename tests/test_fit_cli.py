@@ -173,11 +173,13 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     base = [*TINY, "--trainer.logger=false", "--trainer.max_epochs=3"]  # 4 steps per epoch
     assert main([*base, "--checkpoint.dirpath=straight"]) == 0
-    # Stop after k=6 steps (mid-epoch 2), then resume from last.ckpt in a fresh trainer.
-    assert main([*base, "--checkpoint.dirpath=split", "--trainer.max_steps=6"]) == 0
+    # Interrupt the same configuration after k=8 steps (the end of epoch 2), then resume.
+    stop = ["--trainer.callbacks+=tests.conftest.StopAtStep", "--trainer.callbacks.step=8"]
+    assert main([*base, "--checkpoint.dirpath=split", *stop]) == 0
+    assert torch.load(tmp_path / "split" / "last.ckpt", weights_only=False)["global_step"] == 8
     stopped = _final_weights(tmp_path / "split" / "last.ckpt")
-    assert torch.load(tmp_path / "split" / "last.ckpt", weights_only=False)["global_step"] == 6
     assert main([*base, "--checkpoint.dirpath=split", "--ckpt_path=split/last.ckpt"]) == 0
+    assert torch.load(tmp_path / "split" / "last.ckpt", weights_only=False)["global_step"] == 12
     straight = _final_weights(tmp_path / "straight" / "last.ckpt")
     resumed = _final_weights(tmp_path / "split" / "last.ckpt")
     assert straight.keys() == resumed.keys()
