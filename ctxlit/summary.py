@@ -42,11 +42,7 @@ def summary_dict(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]
     c = measure_complexity(model, tuple(input_shape))
     plugins = describe_plugins(model)
     return {
-        "params": c.params,
-        "trainable_params": c.trainable_params,
-        "flops": c.flops,
-        "gflops": c.flops / 1e9,
-        "gmacs": c.macs / 1e9,
+        **c.as_dict(),
         "input_shape": list(c.input_shape),
         "plugin_params": sum(p.params for p in plugins),
         "plugins": [

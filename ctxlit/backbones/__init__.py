@@ -22,15 +22,21 @@ from torch import nn
 from ctxlit.errors import ConfigError
 
 from . import hrnet, resnet
+from .hrnet import HRNet
 from .plugins import ALL_POSITIONS, PluginInfo, PluginSpec, apply_plugins, describe_plugins
+from .resnet import BasicBlock, Bottleneck, ResNet
 from .weights import LoadReport, load_weights
 
 __all__ = [
     "ALL_POSITIONS",
     "BACKBONES",
+    "BasicBlock",
+    "Bottleneck",
+    "HRNet",
     "LoadReport",
     "PluginInfo",
     "PluginSpec",
+    "ResNet",
     "apply_plugins",
     "backbone_options",
     "build_backbone",

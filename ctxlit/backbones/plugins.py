@@ -256,18 +256,26 @@ class PluggableMixin:
 # --------------------------------------------------------------------------- placement
 
 
-def _select_stages(stages: Any, available: Sequence[int], model_name: str, note: str) -> list[int]:
-    if isinstance(stages, str):
-        if stages == "all":
-            return list(available)
-        raise ConfigError(f"plugin 'stages' must be 'all', a stage number or a list, got {stages!r}")
-    if isinstance(stages, bool):
-        raise ConfigError(f"plugin 'stages' must be 'all', a stage number or a list, got {stages!r}")
-    chosen = [stages] if isinstance(stages, int) else list(stages)
+def _int_list(value: Any, key: str, words: Mapping[str, Any]) -> Any:
+    """``words[value]`` for a keyword, else ``value`` as a non-empty list of ints."""
+    if isinstance(value, str) and value in words:
+        return words[value]
+    what = " or ".join([*(repr(w) for w in words), "a number or a list of numbers"])
+    if isinstance(value, (str, bool)):
+        raise ConfigError(f"plugin {key!r} must be {what}, got {value!r}")
+    chosen = [value] if isinstance(value, int) else list(value)
     if not chosen:
-        raise ConfigError("plugin 'stages' is empty")
+        raise ConfigError(f"plugin {key!r} is empty")
+    for v in chosen:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ConfigError(f"plugin {key!r} must be {what}, got {value!r}")
+    return chosen
+
+
+def _select_stages(stages: Any, available: Sequence[int], model_name: str, note: str) -> list[int]:
+    chosen = _int_list(stages, "stages", {"all": list(available)})
     for s in chosen:
-        if not isinstance(s, int) or isinstance(s, bool) or s not in available:
+        if s not in available:
             raise ConfigError(
                 f"stage {s!r} does not exist in {model_name}; stages: "
                 f"{', '.join(map(str, available))} ({note})"
@@ -276,30 +284,14 @@ def _select_stages(stages: Any, available: Sequence[int], model_name: str, note:
 
 
 def _select_blocks(blocks: Any, n: int, where: str) -> list[int]:
-    if isinstance(blocks, str):
-        if blocks == "all":
-            return list(range(n))
-        if blocks == "last":
-            return [n - 1]
-        if blocks == "first":
-            return [0]
-        raise ConfigError(f"plugin 'blocks' must be 'all', 'last', 'first' or a list of indices, got {blocks!r}")
-    if isinstance(blocks, bool):
-        raise ConfigError(f"plugin 'blocks' must be 'all', 'last', 'first' or a list of indices, got {blocks!r}")
-    chosen = [blocks] if isinstance(blocks, int) else list(blocks)
-    if not chosen:
-        raise ConfigError("plugin 'blocks' is empty")
-    out = []
+    chosen = _int_list(blocks, "blocks", {"all": list(range(n)), "last": [n - 1], "first": [0]})
     for i in chosen:
-        if not isinstance(i, int) or isinstance(i, bool):
-            raise ConfigError(f"plugin block index {i!r} is not an integer")
         if not -n <= i < n:
             raise ConfigError(
                 f"block index {i} is out of range for {where}, which has {n} blocks "
                 f"(valid: {-n}..{n - 1})"
             )
-        out.append(i % n)
-    return sorted(set(out))
+    return sorted({i % n for i in chosen})
 
 
 def apply_plugins(model: nn.Module, plugins: Any, model_name: str) -> list[PluginSpec]:

@@ -188,7 +188,7 @@ def test_spatial_operator_replaces_conv_through_plugin():
         ({"block": Probe, "stages": "some"}, "'stages' must be 'all'"),
         ({"block": Probe, "blocks": [2]}, "block index 2 is out of range for stage 1 (layer1), which has 2 blocks"),
         ({"block": Probe, "blocks": [-3]}, "block index -3 is out of range"),
-        ({"block": Probe, "blocks": "middle"}, "'blocks' must be 'all', 'last'"),
+        ({"block": Probe, "blocks": "middle"}, "'blocks' must be 'all' or 'last'"),
         ({"block": "no_such_block"}, "unknown plugin block 'no_such_block'; registered blocks:"),
         ({"block": "gc", "where": "c4"}, "unknown key(s) ['where']"),
         ({"options": {}}, "has no 'block'"),
