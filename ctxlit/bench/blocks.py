@@ -2,7 +2,8 @@
 
 For every registered block at every ``CxHxW`` shape (batch ``--batch-size``) on one device:
 
-* forward+backward time (median of ``--repeats`` after one warm-up, train mode),
+* forward+backward time (best of ``--repeats`` after one warm-up, train mode; the median is in
+  the JSON too),
 * activation memory, FLOPs (``ctxlit.utils.complexity.count_flops``) and parameters,
 
 each also as a ratio to ``nn.Conv2d(C, C, 3, padding=1, bias=False)`` on the same input.
@@ -103,7 +104,8 @@ def measure(
         peak = torch.cuda.max_memory_allocated(device) - base
     saved = saved_tensor_bytes(lambda: forward(x), exclude=module)
     module.zero_grad(set_to_none=True)
-    return {"time_ms": statistics.median(times), "saved_bytes": saved, "peak_bytes": peak}
+    # best of the repeats: the least disturbed by other load on a shared machine
+    return {"time_ms": min(times), "time_median_ms": statistics.median(times), "saved_bytes": saved, "peak_bytes": peak}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -219,7 +221,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-kernel", type=int, default=7, help="k for the Local Relation comparison")
     parser.add_argument("--json", default="bench-results/blocks.json", help="where to write the results")
     parser.add_argument("--quick", action="store_true", help="tiny CI-sized run: batch 2, 64x16x16, 1 repeat")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (0: leave torch's default). On a CPU shared with other jobs, 1 avoids "
+        "OpenMP threads waiting on each other, which penalises blocks made of many small ops",
+    )
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     shapes = [parse_shape(s) for s in args.shapes.split(",") if s]
     names = [n for n in args.blocks.split(",") if n]

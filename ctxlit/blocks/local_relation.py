@@ -25,9 +25,10 @@ Memory: an unfold-based layer copies x k*k times (49x the activation at k=7), an
 copy for backward. ``forward`` instead loops over the k*k offsets with strided views of the
 padded input, so the only k*k-sized tensors are the weights, ``K * G = K * C / m`` values per
 position (49/8 ~ 6x C at k=7, m=8), computed with one float32 softmax over the stacked logits.
+The logits and the aggregation are two small autograd Functions with hand-written backwards
+that accumulate gradients in one buffer each (autograd through 49 slices would allocate 49
+full-size gradients) and save only q, the padded keys, the weights and the padded input.
 ``_reference_forward`` is the unfold version (tests and the benchmark compare the two).
-The squared difference is evaluated as ``2qk - k^2 - q^2`` so autograd saves only views of q
-and k instead of a per-offset difference tensor.
 
 Read-out: the aggregation weights ``w`` as ``(N, G, k*k, Ho, Wo)`` (sum to 1 over k*k).
 """
@@ -44,6 +45,94 @@ from ctxlit.blocks._common import RecordsAttention, check_choice, check_positive
 from ctxlit.errors import ConfigError
 
 Phi = Literal["squared_diff", "abs_diff", "product"]
+
+
+def _window(t: torch.Tensor, i: int, j: int, stride: int, ho: int, wo: int) -> torch.Tensor:
+    """Strided view of padded ``t`` at window offset (i, j): (..., Ho, Wo), no copy."""
+    return t[..., i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+
+
+def _appearance(phi: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Phi(q, k), the appearance composability term."""
+    if phi == "squared_diff":
+        return -(q - k).square()
+    if phi == "abs_diff":
+        return -(q - k).abs()
+    return q * k
+
+
+class _LocalLogits(torch.autograd.Function):
+    """logits[:, :, o] = Phi(q, window_o(keys)) for the k*k offsets o, hand-written backward.
+
+    Saves only q (N, G, Ho, Wo) and the padded keys (N, G, H + 2r, W + 2r); backward
+    accumulates both gradients in place (no per-offset difference tensors, no per-slice
+    full-size gradients).
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, keys: torch.Tensor, phi: str, geometry: tuple[int, int, int, int]) -> torch.Tensor:
+        k, stride, ho, wo = geometry
+        ctx.phi, ctx.geometry = phi, geometry
+        ctx.save_for_backward(q, keys)
+        out = q.new_empty(q.shape[0], q.shape[1], k * k, ho, wo)
+        for o in range(k * k):
+            out[:, :, o] = _appearance(phi, q, _window(keys, o // k, o % k, stride, ho, wo))
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        q, keys = ctx.saved_tensors
+        k, stride, ho, wo = ctx.geometry
+        grad_q, grad_keys = torch.zeros_like(q), torch.zeros_like(keys)
+        for o in range(k * k):
+            key_o, grad_o = _window(keys, o // k, o % k, stride, ho, wo), grad[:, :, o]
+            grad_key_o = _window(grad_keys, o // k, o % k, stride, ho, wo)
+            if ctx.phi == "product":
+                grad_q.addcmul_(grad_o, key_o)
+                grad_key_o.addcmul_(grad_o, q)
+                continue
+            diff = q - key_o
+            d_q = diff.mul_(-2 * grad_o) if ctx.phi == "squared_diff" else diff.sign_().mul_(grad_o).neg_()
+            grad_q.add_(d_q)
+            grad_key_o.sub_(d_q)
+        return grad_q, grad_keys, None, None
+
+
+class _LocalAggregate(torch.autograd.Function):
+    """y = sum_o w[:, :, o] * window_o(values), with a hand-written backward.
+
+    Autograd through k*k slices of ``values`` would build one full-size zero gradient per
+    slice; here backward accumulates into a single gradient buffer in place, and only
+    ``weights`` and the padded ``values`` are saved.
+    weights: (N, G, K, Ho, Wo); values: padded input (N, G, m, H + 2r, W + 2r).
+    """
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor, values: torch.Tensor, geometry: tuple[int, int, int, int]) -> torch.Tensor:
+        k, stride, ho, wo = geometry
+        ctx.geometry = geometry
+        ctx.save_for_backward(weights, values)
+        y = None
+        for o in range(k * k):
+            term = weights[:, :, o, None], _window(values, o // k, o % k, stride, ho, wo)
+            y = torch.mul(*term) if y is None else y.addcmul_(*term)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: torch.Tensor):
+        weights, values = ctx.saved_tensors
+        k, stride, ho, wo = ctx.geometry
+        grad_w = torch.empty_like(weights) if ctx.needs_input_grad[0] else None
+        grad_v = torch.zeros_like(values, dtype=grad_y.dtype) if ctx.needs_input_grad[1] else None
+        for o in range(k * k):
+            i, j = o // k, o % k
+            if grad_w is not None:
+                grad_w[:, :, o] = (grad_y * _window(values, i, j, stride, ho, wo)).sum(dim=2)
+            if grad_v is not None:
+                _window(grad_v, i, j, stride, ho, wo).addcmul_(grad_y, weights[:, :, o, None])
+        return grad_w, None if grad_v is None else grad_v.to(values.dtype), None
 
 
 class LocalRelation(RecordsAttention, nn.Module):
@@ -100,12 +189,12 @@ class LocalRelation(RecordsAttention, nn.Module):
         for module in (self.query, self.key, self.project, self.geometry[0], self.geometry[2]):
             module.reset_parameters()
 
-    def _appearance(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        if self.phi == "squared_diff":
-            return -(q - k) ** 2
-        if self.phi == "abs_diff":
-            return -(q - k).abs()
-        return q * k
+    def _inside(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """(1, 1, k*k, Ho, Wo) bool: which window positions fall inside the H x W image."""
+        k, r = self.kernel_size, self.kernel_size // 2
+        ho, wo = self._out_size(h, w)
+        ones = torch.ones(1, 1, h, w, device=device)
+        return F.unfold(ones, k, padding=r, stride=self.stride).reshape(1, 1, k * k, ho, wo) > 0
 
     def _geometry_prior(self) -> torch.Tensor:
         """(k*k, G) float32 prior per offset and group."""
@@ -126,30 +215,10 @@ class LocalRelation(RecordsAttention, nn.Module):
         q = self.query(x)[:, :, ::s, ::s].float()
         keys = F.pad(self.key(x).float(), (r, r, r, r))
         values = F.pad(x, (r, r, r, r)).reshape(n, g, self.channels_per_group, h + 2 * r, w + 2 * r)
-        inside = F.pad(torch.ones(1, 1, h, w, dtype=torch.bool, device=x.device), (r, r, r, r))
-        prior = self._geometry_prior()
-
-        def window(t: torch.Tensor, i: int, j: int) -> torch.Tensor:
-            return t[..., i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s]
-
-        if self.phi == "squared_diff":
-            # -(q - k)^2 = 2qk - k^2 - q^2: autograd saves views of 2q and k, not per-offset diffs
-            key_sq, q_sq, q_twice = keys * keys, q * q, 2 * q
-        offsets = [(i, j) for i in range(k) for j in range(k)]
-        logits = []
-        for o, (i, j) in enumerate(offsets):
-            k_o = window(keys, i, j)
-            if self.phi == "squared_diff":
-                a = q_twice * k_o - window(key_sq, i, j) - q_sq
-            else:
-                a = self._appearance(q, k_o)
-            a = a + prior[o].reshape(1, g, 1, 1)
-            logits.append(a.masked_fill(~window(inside, i, j), float("-inf")))
-        weights = torch.stack(logits, dim=2).softmax(dim=2)  # (N, G, k*k, Ho, Wo) float32
-        y = None
-        for o, (i, j) in enumerate(offsets):
-            term = weights[:, :, o, None] * window(values, i, j)
-            y = term if y is None else y + term
+        logits = _LocalLogits.apply(q, keys, self.phi, (k, s, ho, wo))  # (N, G, k*k, Ho, Wo)
+        logits = logits + self._geometry_prior().t()[None, :, :, None, None]
+        weights = logits.masked_fill(~self._inside(h, w, x.device), float("-inf")).softmax(dim=2)
+        y = _LocalAggregate.apply(weights, values, (k, s, ho, wo))
         return self._finish(weights, y.reshape(n, c, ho, wo), x.dtype)
 
     def _reference_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,9 +232,8 @@ class LocalRelation(RecordsAttention, nn.Module):
 
         q = self.query(x)[:, :, ::s, ::s].float()[:, :, None]
         keys = unfold(self.key(x).float())  # (N, G, K, Ho, Wo)
-        inside = unfold(torch.ones(1, 1, h, w, device=x.device)) > 0
-        logits = self._appearance(q, keys) + self._geometry_prior().t()[None, :, :, None, None]
-        weights = logits.masked_fill(~inside, float("-inf")).softmax(dim=2)
+        logits = _appearance(self.phi, q, keys) + self._geometry_prior().t()[None, :, :, None, None]
+        weights = logits.masked_fill(~self._inside(h, w, x.device), float("-inf")).softmax(dim=2)
         values = unfold(x).reshape(n, g, self.channels_per_group, kk, ho, wo)
         y = (weights[:, :, None] * values).sum(dim=3)
         return self._finish(weights, y.reshape(n, c, ho, wo), x.dtype)

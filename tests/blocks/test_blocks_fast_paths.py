@@ -147,3 +147,27 @@ def test_lr_fast_path_saves_far_less_for_backward():
     # weights (49/8 = 6.1x), padded x (22^2/16^2 = 1.9x), x and the aggregated output (1x each)
     assert fast < 11 * activation
     assert fast * 4 < ref
+
+
+@pytest.mark.parametrize(("k", "stride"), [(3, 1), (3, 2)])
+def test_lr_aggregation_backward_passes_gradcheck(k, stride):
+    from ctxlit.blocks.local_relation import _LocalAggregate
+
+    torch.manual_seed(0)
+    ho, wo = 4, 3
+    weights = torch.randn(2, 2, k * k, ho, wo, dtype=torch.float64).softmax(2).requires_grad_(True)
+    values = torch.randn(2, 2, 3, (ho - 1) * stride + k, (wo - 1) * stride + k, dtype=torch.float64)
+    values.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda w, v: _LocalAggregate.apply(w, v, (k, stride, ho, wo)), (weights, values))
+
+
+@pytest.mark.parametrize("phi", ["squared_diff", "abs_diff", "product"])
+@pytest.mark.parametrize(("k", "stride"), [(3, 1), (3, 2)])
+def test_lr_logits_backward_passes_gradcheck(phi, k, stride):
+    from ctxlit.blocks.local_relation import _LocalLogits
+
+    torch.manual_seed(0)
+    ho, wo = 4, 3
+    q = torch.randn(2, 2, ho, wo, dtype=torch.float64, requires_grad=True)
+    keys = torch.randn(2, 2, (ho - 1) * stride + k, (wo - 1) * stride + k, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: _LocalLogits.apply(a, b, phi, (k, stride, ho, wo)), (q, keys))
