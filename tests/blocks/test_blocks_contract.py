@@ -105,7 +105,13 @@ def test_partial_then_channels(name):
 
 def test_spatial_operators_are_the_flagged_classes():
     assert SPATIAL_OPERATORS == {n for n, c in BLOCKS.items() if c.spatial_operator}
-    assert SPATIAL_OPERATORS <= {"sk", "lr"}
+    assert SPATIAL_OPERATORS == {"sk", "lr"}
+    assert not is_spatial_operator("gc") and is_spatial_operator(BLOCKS["lr"])
+
+
+def test_build_spatial_operator_with_width_and_stride():
+    block = build_block("sk", 64, out_channels=128, stride=2)
+    assert block(torch.randn(2, 64, 8, 8)).shape == (2, 128, 4, 4)
 
 
 def test_unknown_block_lists_allowed_names():
@@ -141,7 +147,8 @@ def test_jsonargparse_builds_a_channel_callable(class_path, init_args, check):
     parser = jsonargparse.ArgumentParser(exit_on_error=False)
     parser.add_argument("--block", type=Callable[[int], torch.nn.Module])
     cfg = parser.parse_args([f"--block={json.dumps({'class_path': class_path, 'init_args': init_args})}"])
-    block = parser.instantiate_classes(cfg).block(CHANNELS)
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
+    block = instantiate(cfg).block(CHANNELS)
     assert check(block)
     bad = {"class_path": class_path, "init_args": {next(iter(init_args)): "not-a-choice"}}
     with pytest.raises(Exception, match="block"):  # the Literal / type annotation rejects it
