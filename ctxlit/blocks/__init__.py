@@ -14,8 +14,8 @@ are annotated ``typing.Literal[...]`` and checked at runtime (``ValueError`` nam
 and the allowed values). A class can be bound to options and later called with the channel
 count: ``functools.partial(GlobalContext, ratio=0.25)(256)``.
 
->>> build_block("gc", 256, fusion="mul")                 # add-on block
->>> build_block("sk", 64, out_channels=128, stride=2)    # spatial operator
+>>> block = build_block("gc", 256, fusion="mul")              # add-on block
+>>> conv = build_block("sk", 64, out_channels=128, stride=2)  # spatial operator
 
 Attention read-out
 ------------------
@@ -45,6 +45,7 @@ se       (N, C)                   channel gates (sigmoid)
 spm      (N, C, H, W)             spatial gates (sigmoid)
 sk       (N, M, C_out)            branch weights, sum to 1 over the M branches
 lr       (N, G, k*k, Ho, Wo)      aggregation weights per group, sum to 1 over k*k
+mpm      --                       nothing (no attention-like map)
 ======== ======================== =====================================================
 """
 
