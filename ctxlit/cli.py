@@ -34,8 +34,9 @@ class CtxlitCLI(LightningCLI):
 
 
 def run_cli(argv: list[str]) -> int:
-    """Run the CLI on ``argv``; a ``CtxlitError`` or a ``ValueError`` raised while building
-    the model or data (before training starts) becomes one line on stderr and exit code 2."""
+    """Run the CLI on ``argv``; a ``CtxlitError`` raised while building the model or data
+    (before training starts) becomes one line on stderr and exit code 2."""
+    code = 1
     try:
         CtxlitCLI(
             model_class=pl.LightningModule,
@@ -46,7 +47,33 @@ def run_cli(argv: list[str]) -> int:
             args=argv,
             auto_configure_optimizers=False,
         )
-    except CtxlitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        code = 0
+    except (CtxlitError, ValueError) as err:
+        cause = ctxlit_cause(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        code = 2
+    finally:
+        finish_wandb(code)
+    return code
+
+
+def ctxlit_cause(err: BaseException) -> CtxlitError | None:
+    """The outermost ``CtxlitError`` in ``err``'s chain: jsonargparse wraps errors raised
+    while it instantiates classes in a ``ValueError`` listing every Union member it tried."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, CtxlitError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Close the W&B run WandbLogger opened, so its data is flushed before we return (the
+    logger leaves it open; an agent or a test may start another run in this process)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)

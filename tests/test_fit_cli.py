@@ -17,7 +17,7 @@ def test_experiments_default_is_the_builtin_default():
     linked = Path(__file__).parents[1] / "experiments" / "synthetic" / "default.yaml"
     assert linked.resolve() == DEFAULT_CONFIG.resolve()
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    assert config["model"]["init_args"]["block"] == "gc"
+    assert config["model"]["init_args"]["block"]["class_path"] == "ctxlit.blocks.GlobalContext"
     assert config["data"]["class_path"] == "ctxlit.data.SyntheticContextDataModule"
 
 
@@ -63,23 +63,15 @@ def test_fit_end_to_end_writes_logs_checkpoints_and_summary(tmp_path, offline_en
 def test_wandb_offline_run_holds_the_logged_metrics(tmp_path, offline_env, monkeypatch):
     # fast_dev_run would drop the loggers, so a short max_steps run exercises real logging.
     monkeypatch.chdir(tmp_path)
-    args = [*TINY, "--trainer.max_steps=4", "--trainer.log_every_n_steps=1",
-            "--trainer.logger.1.init_args.save_dir=wb", "--trainer.logger.0.init_args.save_dir=csv"]
+    loggers = "[{class_path: pytorch_lightning.loggers.WandbLogger, init_args: {save_dir: wb, project: ctxlit}}]"
+    args = [*TINY, "--trainer.max_steps=4", "--trainer.log_every_n_steps=1", f"--trainer.logger={loggers}"]
     assert main(args) == 0
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    from wandb.sdk.internal.datastore import DataStore  # the reader `wandb sync` uses
-    from wandb.proto import wandb_internal_pb2
-
-    store = DataStore()
-    store.open_for_scan(str(next(runs[0].glob("run-*.wandb"))))
-    logged: set[str] = set()
-    while (data := store.scan_data()) is not None:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
-        if record.WhichOneof("record_type") == "history":
-            logged |= {item.key or "/".join(item.nested_key) for item in record.history.item}
-    assert {"train/loss", "train/lr"} <= logged, logged
+    # The run file is W&B's record log of protobufs; metric keys are stored as plain strings.
+    data = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"train/loss", b"train/lr", b"model/params", b"model/gflops"):
+        assert key in data, key
 
 
 def test_print_config_round_trips(tmp_path, capsys, monkeypatch):

@@ -1,6 +1,6 @@
 """Synthetic context benchmark: labels that only a network with global context can read.
 
-Each image (3 x S x S, default 64 px) holds two small glyphs on a noisy, tinted background:
+Each image (3 x S x S, default 32 px) holds two small glyphs on a noisy, tinted background:
 one in the left third and one in the right third, so they are always far apart. A glyph has
 a *shape* (one of ``num_shapes`` fixed random binary masks) and a *colour* (one of
 ``num_colours`` fixed palette entries). The label is a relation between the two glyphs::
@@ -144,8 +144,8 @@ class SyntheticContextDataModule(pl.LightningDataModule):
         train_size: int = 8192,
         val_size: int = 1024,
         seed: int = 0,
-        image_size: int = 64,
-        glyph_size: int = 8,
+        image_size: int = 32,
+        glyph_size: int = 5,
         num_shapes: int = 4,
         num_colours: int = 4,
         noise: float = 0.3,
