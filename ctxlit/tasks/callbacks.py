@@ -96,10 +96,13 @@ class RunSummary(pl.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         lines = ["", "=" * 72, "ctxlit run summary", "-" * 72]
         ckpt = trainer.checkpoint_callback
+        best = f", best {float(ckpt.best_model_score):.4f}" if ckpt and ckpt.best_model_score is not None else ""
         if "val/acc1" in metrics:
-            best = f", best {float(ckpt.best_model_score):.4f}" if ckpt and ckpt.best_model_score is not None else ""
             lines.append(f"validation accuracy   top-1 {metrics['val/acc1']:.4f} (last epoch{best})"
                          + (f", top-5 {metrics['val/acc5']:.4f}" if "val/acc5" in metrics else ""))
+        if "val/miou" in metrics:
+            lines.append(f"validation mIoU       {metrics['val/miou']:.4f} (last epoch{best})"
+                         + (f", pixel accuracy {metrics['val/pixel_acc']:.4f}" if "val/pixel_acc" in metrics else ""))
         if self.complexity is not None:
             c = self.complexity
             lines.append(f"parameters            {c.params:,} ({c.params / 1e6:.3f}M)")
