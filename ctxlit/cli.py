@@ -20,6 +20,13 @@ from ctxlit.tasks.callbacks import RunSummary
 
 
 class CtxlitCLI(LightningCLI):
+    def init_parser(self, **kwargs):
+        kwargs.setdefault("prog", "python -m ctxlit.fit")
+        parser = super().init_parser(**kwargs)
+        # On a bad option print the message alone, not ~70 lines of usage above it.
+        parser.print_usage = lambda file=None: None
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
@@ -33,10 +40,16 @@ class CtxlitCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
 
-def run_cli(argv: list[str]) -> int:
+def run_cli(argv: list[str], from_command_line: bool = False) -> int:
     """Run the CLI on ``argv``; a ``CtxlitError`` raised while building the model or data
-    (before training starts) becomes one line on stderr and exit code 2."""
+    (before training starts) becomes one line on stderr and exit code 2.
+
+    ``from_command_line``: ``argv`` is the process's own command line (with defaults filled
+    in); it then goes through ``sys.argv``, which Lightning's DDP launcher also re-executes.
+    """
     code = 1
+    if from_command_line:
+        sys.argv[1:] = argv
     try:
         CtxlitCLI(
             model_class=pl.LightningModule,
@@ -44,7 +57,7 @@ def run_cli(argv: list[str]) -> int:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            args=argv,
+            args=None if from_command_line else argv,
             auto_configure_optimizers=False,
         )
         code = 0

@@ -68,10 +68,11 @@ def with_defaults(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     choose_wandb_mode()
     from ctxlit.cli import run_cli  # heavy imports after the environment is settled
 
+    if argv is None:
+        return run_cli(with_defaults(sys.argv[1:]), from_command_line=True)
     return run_cli(with_defaults(argv))
 
 
