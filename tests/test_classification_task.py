@@ -12,7 +12,7 @@ import torch
 from ctxlit.blocks import GlobalContext
 from ctxlit.data import SyntheticContextDataModule
 from ctxlit.tasks import ClassificationTask, Placement
-from ctxlit.tasks.classification import parameter_groups, warmup_cosine
+from ctxlit.tasks.optim import parameter_groups, warmup_cosine
 
 SMALL = dict(backbone="resnet10", backbone_options={"width": 8, "stem": "cifar"})
 

@@ -30,6 +30,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ctxlit.backbones import build_backbone
 from ctxlit.blocks import BLOCKS
+from ctxlit.tasks.optim import OptimizerName, build_optimizer, step_schedule, warmup_cosine
 
 #: A block registry name (built with its defaults), "none" for the baseline, or a block class
 #: given as ``class_path`` + ``init_args`` (the CLI turns it into ``channels -> module``).
@@ -80,7 +81,7 @@ class ClassificationTask(pl.LightningModule):
         placement: Placement = Placement(),
         extra_plugins: list[dict[str, Any]] | None = None,
         label_smoothing: float = 0.0,
-        optimizer: Literal["sgd", "adamw"] = "sgd",
+        optimizer: OptimizerName = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
@@ -150,36 +151,10 @@ class ClassificationTask(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = parameter_groups(self, hp.weight_decay)
-        if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
-        else:
-            opt = torch.optim.AdamW(groups, lr=hp.lr)
+        opt = build_optimizer(self, hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         # estimated_stepping_batches has loaded the train dataloader, so its length is known.
         per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
         per_epoch = per_epoch if math.isfinite(per_epoch) and per_epoch > 0 else total
         warmup = min(total - 1, int(round(hp.warmup_epochs * per_epoch)))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, total, hp.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv/linear weights only, not on biases and normalisation scales."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
-    """LR factor: linear from 1/(warmup+1) to 1 over ``warmup_steps``, then cosine to ``min_ratio``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+        return step_schedule(opt, warmup_cosine(warmup, total, hp.min_lr_ratio))

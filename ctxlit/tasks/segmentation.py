@@ -30,13 +30,14 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from ctxlit.backbones import build_backbone, load_weights
 from ctxlit.errors import ConfigError
 from ctxlit.heads import HEADS, FCNHead
-from ctxlit.tasks.classification import BlockArg, ClassificationTask, Placement, parameter_groups
+from ctxlit.tasks.classification import BlockArg, ClassificationTask, Placement
+from ctxlit.tasks.optim import OptimizerName, build_optimizer, step_schedule, warmup_poly
 
 IGNORE_INDEX = 255
 
@@ -85,7 +86,7 @@ class SegmentationTask(pl.LightningModule):
         aux_weight: float = 0.4,
         ohem_thresh: float | None = None,
         ohem_min_kept: int = 100_000,
-        optimizer: Literal["sgd", "adamw"] = "sgd",
+        optimizer: OptimizerName = "sgd",
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -202,15 +203,10 @@ class SegmentationTask(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = parameter_groups(self, hp.weight_decay)
-        if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
-        else:
-            opt = torch.optim.AdamW(groups, lr=hp.lr)
+        opt = build_optimizer(self, hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(max(total - 1, 0), hp.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, warmup_poly(warmup, total, hp.poly_power))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return step_schedule(opt, warmup_poly(warmup, total, hp.poly_power))
 
 
 def mean_iou(ious: Tensor) -> Tensor:
@@ -235,18 +231,6 @@ def ohem_cross_entropy(logits: Tensor, targets: Tensor, thresh: float, min_kept:
         keep = torch.zeros_like(keep)
         keep[torch.topk(probs, min(min_kept, probs.numel()), largest=False).indices] = True
     return losses[keep].mean() if keep.any() else losses.sum() * 0.0
-
-
-def warmup_poly(warmup_steps: int, total_steps: int, power: float = 0.9) -> Callable[[int], float]:
-    """LR factor: linear from 1/(warmup+1) to 1 over ``warmup_steps``, then ``(1 - t) ** power``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return (1.0 - t) ** power
-
-    return factor
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:

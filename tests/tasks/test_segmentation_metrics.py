@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ctxlit.tasks import SegmentationTask
-from ctxlit.tasks.segmentation import mean_iou, ohem_cross_entropy, warmup_poly
+from ctxlit.tasks.optim import warmup_poly
+from ctxlit.tasks.segmentation import mean_iou, ohem_cross_entropy
 
 TINY = {"backbone": "resnet10", "backbone_options": {"width": 8}, "head_channels": 8}
 

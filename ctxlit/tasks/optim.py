@@ -1,0 +1,60 @@
+"""Optimisers and learning-rate schedules shared by the tasks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+
+OptimizerName = Literal["sgd", "adamw"]
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/linear weights only, not on biases and normalisation scales."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(
+    model: nn.Module, name: OptimizerName, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over :func:`parameter_groups`."""
+    groups = parameter_groups(model, weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def with_warmup(decay: Callable[[float], float], warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR factor per step: linear from 1/(warmup+1) to 1 over ``warmup_steps``, then
+    ``decay(t)`` with ``t`` going from 0 to 1 over the remaining steps (and staying at 1)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return decay(min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+    return factor
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
+    """Warmup, then a cosine from 1 down to ``min_ratio``."""
+    return with_warmup(lambda t: min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)),
+                       warmup_steps, total_steps)
+
+
+def warmup_poly(warmup_steps: int, total_steps: int, power: float = 0.9) -> Callable[[int], float]:
+    """Warmup, then ``(1 - t) ** power`` (the segmentation "poly" schedule)."""
+    return with_warmup(lambda t: (1.0 - t) ** power, warmup_steps, total_steps)
+
+
+def step_schedule(optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> dict:
+    """A per-step ``LambdaLR`` in Lightning's ``configure_optimizers`` format."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
