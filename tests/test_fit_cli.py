@@ -181,10 +181,10 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_make_one_wandb_run(tmp_path, offline_env):
+def test_ddp_two_cpu_processes_make_one_wandb_run_and_exact_val_metrics(tmp_path, offline_env):
     result = run_fit(
         [*TINY, "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-         "--trainer.max_steps=3", "--data.init_args.val_size=23"],
+         "--trainer.max_epochs=1", "--data.init_args.val_size=23"],  # 23: uneven over 2 ranks
         cwd=tmp_path, env=offline_env,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -193,3 +193,18 @@ def test_ddp_two_cpu_processes_make_one_wandb_run(tmp_path, offline_env):
     assert len(runs) == 1, runs
     versions = list((tmp_path / "runs" / "synthetic").iterdir())
     assert len(versions) == 1, versions
+    rows = list(csv.DictReader((versions[0] / "metrics.csv").open()))
+    ddp_acc = [float(r["val/acc1"]) for r in rows if r.get("val/acc1")][-1]
+    # The same weights validated in one process over the same 23 samples give the same
+    # accuracy: no sample was padded in twice.
+    import pytorch_lightning as pl
+
+    from ctxlit.data import SyntheticContextDataModule
+    from ctxlit.tasks import ClassificationTask
+
+    task = ClassificationTask.load_from_checkpoint(versions[0] / "checkpoints" / "last.ckpt", map_location="cpu")
+    dm = SyntheticContextDataModule(train_size=64, val_size=23, image_size=32, glyph_size=5, batch_size=16)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    single = trainer.validate(task, datamodule=dm, verbose=False)[0]["val/acc1"]
+    assert ddp_acc == pytest.approx(single, abs=1e-6)
+    assert round(single * 23) == pytest.approx(single * 23, abs=1e-4)  # a count out of 23

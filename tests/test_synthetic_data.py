@@ -81,7 +81,7 @@ def test_epoch_seeded_sampler_depends_only_on_seed_and_epoch():
 
 @pytest.mark.parametrize(
     "option, value",
-    [("train_size", 0), ("num_shapes", 1), ("num_colours", 1), ("image_size", 40), ("batch_size", 0),
+    [("train_size", 0), ("num_shapes", 1), ("num_colours", 1), ("image_size", 20), ("batch_size", 0),
      ("num_workers", -1)],
 )
 def test_invalid_options_name_the_option(option, value):

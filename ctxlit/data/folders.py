@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ctxlit.data.sampling import evaluation_sampler
 from ctxlit.errors import DatasetError
 
 try:  # torchvision >= 0.29 deprecates its image codecs in favour of torchcodec; still the fastest here
@@ -434,7 +435,7 @@ class FolderDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:
             self.setup("validate")
-        return self._loader(self.val_dataset, train=False)
+        return self._loader(self.val_dataset, train=False, sampler=evaluation_sampler(self.val_dataset, self.trainer))
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -28,6 +28,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from ctxlit.data.sampling import evaluation_sampler
 from ctxlit.errors import ConfigError
 
 CLASS_NAMES = ["different", "same_colour", "same_shape", "same_shape_and_colour"]
@@ -186,7 +187,7 @@ class SyntheticContextDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, sampler=EpochSeededRandomSampler(self.train_set, self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, sampler=None)
+        return self._loader(self.val_set, sampler=evaluation_sampler(self.val_set, self.trainer))
 
     def _loader(self, dataset: Dataset, sampler) -> DataLoader:
         return DataLoader(
