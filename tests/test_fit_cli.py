@@ -208,3 +208,26 @@ def test_ddp_two_cpu_processes_make_one_wandb_run_and_exact_val_metrics(tmp_path
     single = trainer.validate(task, datamodule=dm, verbose=False)[0]["val/acc1"]
     assert ddp_acc == pytest.approx(single, abs=1e-6)
     assert round(single * 23) == pytest.approx(single * 23, abs=1e-4)  # a count out of 23
+
+
+@pytest.mark.parametrize("block", ["none", *__import__("ctxlit.blocks", fromlist=["BLOCKS"]).BLOCKS])
+def test_every_block_trains_in_the_default_experiment(block, tmp_path, monkeypatch):
+    """What the synthetic sweep runs: each registry name with the default placement (add-on
+    blocks after the last conv, spatial operators replacing conv2)."""
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "--model.init_args.backbone_options.width=16", f"--model.init_args.block={block}",
+            "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.logger=false",
+            "--checkpoint.dirpath=ckpt"]
+    assert main(args) == 0
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    keys = state["state_dict"]
+    plugin_keys = [k for k in keys if ".plugins." in k]
+    conv2 = {stage: sorted(k for k in keys if k.startswith(f"network.layer{stage}.0.conv2.")) for stage in (1, 2, 3, 4)}
+    operator_keys = {"sk": "conv2.convs.1.0.weight", "lr": "conv2.geometry.0.weight"}  # branch 2 / geometry MLP
+    if block == "none":
+        assert not plugin_keys and all(v == [f"network.layer{s}.0.conv2.weight"] for s, v in conv2.items())
+    elif block in operator_keys:  # conv2 itself is the operator in stages 2-4, untouched in stage 1
+        assert not plugin_keys and conv2[1] == ["network.layer1.0.conv2.weight"]
+        assert all(f"network.layer{s}.0.{operator_keys[block]}" in keys for s in (2, 3, 4))
+    else:
+        assert {k.split(".plugins.")[0] for k in plugin_keys} == {f"network.layer{s}.0" for s in (2, 3, 4)}
