@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ctxlit.data import SyntheticContextDataModule, SyntheticContextDataset
-from ctxlit.data.synthetic import CLASS_NAMES, EpochSeededRandomSampler, glyph_bank
+from ctxlit.data.synthetic import CLASS_NAMES, FreshSamplesSampler, glyph_bank
 from ctxlit.errors import ConfigError
 
 
@@ -28,7 +28,9 @@ def test_shapes_dtype_and_index_errors():
     x, y = ds[3]
     assert x.shape == (3, 48, 48) and x.dtype == torch.float32 and isinstance(y, int)
     with pytest.raises(IndexError):
-        ds[4]
+        ds[-1]
+    assert ds[4][0].shape == x.shape  # the stream goes on past one epoch's length
+    assert len(list(ds)) == 4  # iterating gives one epoch
 
 
 def test_labels_are_balanced_and_encode_the_relation():
@@ -69,14 +71,30 @@ def test_data_module_exposes_classes_and_shape():
     assert sum(len(b[1]) for b in dm.val_dataloader()) == 8
 
 
-def test_epoch_seeded_sampler_depends_only_on_seed_and_epoch():
+def test_sampler_order_depends_only_on_seed_and_epoch():
     data = list(range(50))
-    s1, s2 = EpochSeededRandomSampler(data, seed=1), EpochSeededRandomSampler(data, seed=1)
+    s1, s2 = FreshSamplesSampler(data, seed=1, fresh=False), FreshSamplesSampler(data, seed=1, fresh=False)
     s1.set_epoch(3)
     s2.set_epoch(3)
-    assert list(s1) == list(s2) and sorted(s1) == data
+    assert list(s1) == list(s2) and sorted(s1) == data and len(s1) == 50
     s2.set_epoch(4)
-    assert list(s1) != list(s2)
+    assert list(s1) != list(s2) and sorted(s2) == data  # fixed set, new order
+
+
+def test_fresh_samples_every_epoch():
+    sampler = FreshSamplesSampler(list(range(10)), seed=0)
+    epochs = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        epochs.append(sorted(sampler))
+    assert epochs == [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+    dm = SyntheticContextDataModule(train_size=8, val_size=4, batch_size=8)
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(0)
+    first = next(iter(loader))[0]
+    loader.sampler.set_epoch(1)
+    second = next(iter(loader))[0]
+    assert not any(torch.equal(a, b) for a in first for b in second)
 
 
 @pytest.mark.parametrize(

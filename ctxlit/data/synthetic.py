@@ -17,7 +17,9 @@ global context. Deep layers whose theoretical receptive field spans both glyphs 
 principle do it too, which is exactly the comparison the benchmark measures.
 
 Everything is generated on the fly from ``(seed, split, index)``, so a sample is the same in
-every worker, epoch, process and rank, and nothing is stored on disk.
+every worker, process and rank, and nothing is stored on disk. Training reads a new stretch of
+the endless stream every epoch (no sample is seen twice, so nothing can be memorised);
+validation is a fixed set.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import math
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ctxlit.data.sampling import evaluation_sampler
 from ctxlit.errors import ConfigError
@@ -50,7 +52,12 @@ def glyph_bank(num_shapes: int, num_colours: int, glyph_size: int) -> tuple[torc
 
 
 class SyntheticContextDataset(Dataset):
-    """``length`` deterministic samples of the glyph-relation task; item = (image, label)."""
+    """Deterministic samples of the glyph-relation task; item = (image, label).
+
+    Sample ``i`` of a split is defined for every ``i >= 0`` (an endless stream); ``length`` is
+    how many make up one epoch. :class:`FreshSamplesSampler` reads a new stretch of the stream
+    every epoch, so a network cannot memorise its training set.
+    """
 
     def __init__(
         self,
@@ -74,8 +81,11 @@ class SyntheticContextDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def __iter__(self):
+        return (self[i] for i in range(self.length))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if not 0 <= index < self.length:
+        if index < 0:
             raise IndexError(index)
         gen = torch.Generator().manual_seed(self.base_seed + index)
         label = int(torch.randint(len(CLASS_NAMES), (1,), generator=gen))
@@ -105,31 +115,42 @@ class SyntheticContextDataset(Dataset):
         return a, b
 
 
-class EpochSeededRandomSampler(RandomSampler):
-    """A random permutation that depends only on ``(seed, epoch)``.
+class FreshSamplesSampler(Sampler[int]):
+    """Epoch ``e`` reads stream indices ``e*N .. e*N + N-1`` in an order set by ``(seed, e)``.
 
-    Lightning calls ``set_epoch`` on samplers that have it, so a run resumed from a checkpoint
-    sees the same order as an uninterrupted one (the global RNG is not in the checkpoint).
+    With ``fresh=False`` every epoch reads the same ``N`` samples (a fixed training set).
+    The order depends only on ``(seed, epoch)``: Lightning calls ``set_epoch`` on samplers
+    that have it, so a run resumed from a checkpoint sees the same batches as an
+    uninterrupted one (the global RNG is not in the checkpoint).
     """
 
-    def __init__(self, data_source: Dataset, seed: int = 0) -> None:
-        super().__init__(data_source)
+    def __init__(self, data_source: Dataset, seed: int = 0, fresh: bool = True) -> None:
+        self.data_source = data_source
         self.seed = seed
+        self.fresh = fresh
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def __len__(self) -> int:
+        return len(self.data_source)
+
     def __iter__(self):
+        n = len(self.data_source)
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(len(self.data_source), generator=gen).tolist())
+        offset = self.epoch * n if self.fresh else 0
+        return iter((torch.randperm(n, generator=gen) + offset).tolist())
 
 
 class SyntheticContextDataModule(pl.LightningDataModule):
     """The built-in benchmark: needs no data on disk, runs on a laptop CPU in minutes.
 
     Args:
-        train_size: training samples per epoch (the same samples every epoch).
+        train_size: training samples per epoch.
+        fresh_samples: every epoch draws new training samples from the endless stream (the
+            default: the benchmark then measures generalisation, not memorisation); false
+            reuses the same ``train_size`` samples every epoch.
         val_size: validation samples (a disjoint random stream).
         seed: data seed; samples depend only on it and their index.
         image_size: side of the square image in pixels (at least 6 glyph sizes).
@@ -144,6 +165,7 @@ class SyntheticContextDataModule(pl.LightningDataModule):
         self,
         train_size: int = 8192,
         val_size: int = 1024,
+        fresh_samples: bool = True,
         seed: int = 0,
         image_size: int = 32,
         glyph_size: int = 5,
@@ -166,6 +188,7 @@ class SyntheticContextDataModule(pl.LightningDataModule):
         self.seed = seed
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.fresh_samples = fresh_samples
         options = dict(seed=seed, image_size=image_size, glyph_size=glyph_size,
                        num_shapes=num_shapes, num_colours=num_colours, noise=noise)
         self.train_set = SyntheticContextDataset(train_size, split="train", **options)
@@ -184,7 +207,7 @@ class SyntheticContextDataModule(pl.LightningDataModule):
         return (3, self.hparams.image_size, self.hparams.image_size)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, sampler=EpochSeededRandomSampler(self.train_set, self.seed))
+        return self._loader(self.train_set, sampler=FreshSamplesSampler(self.train_set, self.seed, self.fresh_samples))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, sampler=evaluation_sampler(self.val_set, self.trainer))
