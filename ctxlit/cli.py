@@ -11,12 +11,11 @@ from __future__ import annotations
 import sys
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
 import ctxlit.blocks  # noqa: F401  (block classes resolvable by short name, e.g. GlobalContext)
 from ctxlit.errors import CtxlitError
-from ctxlit.tasks.callbacks import RunSummary
+from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary
 
 
 class CtxlitCLI(LightningCLI):
@@ -28,7 +27,7 @@ class CtxlitCLI(LightningCLI):
         return parser
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/acc1",
             "checkpoint.mode": "max",

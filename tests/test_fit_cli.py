@@ -231,3 +231,15 @@ def test_every_block_trains_in_the_default_experiment(block, tmp_path, monkeypat
         assert all(f"network.layer{s}.0.{operator_keys[block]}" in keys for s in (2, 3, 4))
     else:
         assert {k.split(".plugins.")[0] for k in plugin_keys} == {f"network.layer{s}.0" for s in (2, 3, 4)}
+
+
+@pytest.mark.parametrize("validation", [[], ["--trainer.val_check_interval=2"]], ids=["epoch-end", "mid-epoch"])
+def test_last_checkpoint_is_the_final_state_even_when_the_metric_stops_improving(validation, tmp_path, monkeypatch):
+    # top-5 of 4 classes is always 1.0: only the first validation is a "best".
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "--trainer.logger=false", "--trainer.max_epochs=3", "--checkpoint.dirpath=ckpt",
+            "--checkpoint.monitor=val/acc5", *validation]
+    assert main(args) == 0
+    steps = {p.name: torch.load(p, weights_only=False)["global_step"] for p in (tmp_path / "ckpt").iterdir()}
+    best = [name for name in steps if name.startswith("best-")]
+    assert steps["last.ckpt"] == 12 and len(best) == 1 and steps[best[0]] == (2 if validation else 4), steps

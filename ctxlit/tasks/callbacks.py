@@ -6,10 +6,36 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from ctxlit.utils.complexity import NOTE_NOT_COUNTED, measure_complexity
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is always the latest state.
+
+    Lightning 2.6 writes ``last.ckpt`` only in a step where a top-k checkpoint was also
+    written, so once the monitored metric stops improving "last" goes stale and a resumed run
+    would restart from old weights. After each validation and training epoch this writes it
+    if nothing was saved at the current step (tests/test_fit_cli.py checks resume equality).
+    """
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        # When validation ends an epoch, top-k is saved in on_train_epoch_end: writing last
+        # here first would mark the step as saved and make Lightning skip the top-k save.
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: pl.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class RunSummary(pl.Callback):
