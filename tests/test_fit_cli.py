@@ -243,3 +243,15 @@ def test_last_checkpoint_is_the_final_state_even_when_the_metric_stops_improving
     steps = {p.name: torch.load(p, weights_only=False)["global_step"] for p in (tmp_path / "ckpt").iterdir()}
     best = [name for name in steps if name.startswith("best-")]
     assert steps["last.ckpt"] == 12 and len(best) == 1 and steps[best[0]] == (2 if validation else 4), steps
+
+
+def test_spatial_operator_given_as_a_class_replaces_conv2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "--model.init_args.backbone_options.width=16",
+            "--model.init_args.block=ctxlit.blocks.SelectiveKernelConv", "--model.init_args.block.init_args.groups=16",
+            "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.logger=false", "--checkpoint.dirpath=ckpt"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "layer2.0.conv2" in out and "SelectiveKernelConv" in out and "call_without_instantiate_context" not in out
+    keys = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
+    assert "network.layer2.0.conv2.convs.1.0.weight" in keys

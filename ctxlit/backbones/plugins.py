@@ -124,10 +124,20 @@ class PluginSpec:
         }
 
 
+def block_target(block: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """The class (or function) a block callable builds. Unwraps ``functools.partial``,
+    including the CLI's ``partial(call_without_instantiate_context, instantiator, cls, ...)``
+    (jsonargparse), whose ``func`` is a wrapper and whose class is a positional argument."""
+    while isinstance(block, functools.partial):
+        classes = [arg for arg in block.args if inspect.isclass(arg)]
+        block = classes[0] if classes and not inspect.isclass(block.func) else block.func
+    return block
+
+
 def block_label(block: str | Callable[..., nn.Module]) -> str:
     if isinstance(block, str):
         return block
-    target = block.func if isinstance(block, functools.partial) else block
+    target = block_target(block)
     return getattr(target, "__name__", type(target).__name__)
 
 
@@ -157,7 +167,7 @@ def _is_spatial(block: str | Callable[..., nn.Module]) -> bool | None:
     (a plain function: then the position decides)."""
     if isinstance(block, str):
         return bool(_blocks_module().is_spatial_operator(block))
-    target = block.func if isinstance(block, functools.partial) else block
+    target = block_target(block)
     flag = getattr(target, "spatial_operator", None)
     if isinstance(flag, bool):
         return flag
@@ -184,7 +194,8 @@ def build_operator(spec: PluginSpec, in_channels: int, out_channels: int, stride
         return _blocks_module().build_block(
             spec.block, in_channels, out_channels=out_channels, stride=stride, **dict(spec.options)
         )
-    return spec.block(in_channels, out_channels, stride=stride)
+    # keywords: a CLI partial already binds out_channels/stride to defaults, call keywords win
+    return spec.block(in_channels, out_channels=out_channels, stride=stride)
 
 
 # --------------------------------------------------------------------------- pluggable blocks

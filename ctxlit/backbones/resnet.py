@@ -280,7 +280,7 @@ class ResNet(nn.Module):
             self.conv1.append(
                 build_operator(stem_operator, width, width, 2)
                 if isinstance(stem_operator, PluginSpec)
-                else stem_operator(width, width, stride=2)
+                else stem_operator(width, out_channels=width, stride=2)
             )
         if zero_init_residual:
             for m in self.modules():
