@@ -34,7 +34,7 @@ def test_fcn_resnet50_config_trains_a_gc_head_and_keeps_the_best_miou(tmp_path, 
     assert "last.ckpt" in files and any(f.startswith("best-") for f in files), files
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
-    monitor = next(v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    monitor = next(v for k, v in ckpt["callbacks"].items() if k.startswith(("ModelCheckpoint", "BestAndLastCheckpoint")))
     assert monitor["monitor"] == "val/miou" and 0.0 <= float(monitor["best_model_score"]) <= 1.0
     hp = ckpt["hyper_parameters"]
     assert hp["num_classes"] == 19 and hp["head_block"] == "gc" and hp["backbone_options"]["output_stride"] == 8
