@@ -62,7 +62,7 @@ def with_defaults(argv: list[str]) -> list[str]:
         return argv
     if not argv or argv[0] not in SUBCOMMANDS:
         argv.insert(0, "fit")
-    if not any(a == "--config" or a.startswith("--config=") for a in argv):
+    if not any(a in ("-c", "--config") or a.startswith(("--config=", "-c=")) for a in argv):
         argv[1:1] = ["--config", str(DEFAULT_CONFIG)]
     return argv
 

@@ -29,6 +29,8 @@ def test_experiments_default_is_the_builtin_default():
         (["fit", "--config", "x.yaml"], ["fit", "--config", "x.yaml"]),
         (["validate", "--config=x.yaml"], ["validate", "--config=x.yaml"]),
         (["--config", "x.yaml", "--trainer.devices=2"], ["fit", "--config", "x.yaml", "--trainer.devices=2"]),
+        (["-c", "x.yaml"], ["fit", "-c", "x.yaml"]),  # the short flag: the default must not merge in
+        (["-c=x.yaml"], ["fit", "-c=x.yaml"]),
     ],
 )
 def test_with_defaults_inserts_only_what_is_missing(argv, expected):
@@ -255,3 +257,15 @@ def test_spatial_operator_given_as_a_class_replaces_conv2(tmp_path, monkeypatch,
     assert "layer2.0.conv2" in out and "SelectiveKernelConv" in out and "call_without_instantiate_context" not in out
     keys = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
     assert "network.layer2.0.conv2.convs.1.0.weight" in keys
+
+
+@pytest.mark.parametrize("flag", ["-c", "--config"])
+def test_a_given_config_is_not_merged_with_the_default(flag, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    food = Path(__file__).parents[1] / "experiments" / "food" / "resnet18_112.yaml"
+    with pytest.raises(SystemExit):
+        main([flag, str(food), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["data"]["class_path"] == "ctxlit.data.FoodDeliveryDataModule"
+    assert config["model"]["init_args"]["backbone"] == "resnet18_112"
+    assert not config["model"]["init_args"].get("backbone_options")  # the synthetic width-16/cifar stem leaked in
