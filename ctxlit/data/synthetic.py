@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -37,7 +38,17 @@ CLASS_NAMES = ["different", "same_colour", "same_shape", "same_shape_and_colour"
 
 # The glyph bank defines the task, so it is fixed across data seeds.
 _GLYPH_BANK_SEED = 20190425
-_SPLIT_OFFSET = {"train": 0, "val": 1_000_003}
+_SPLITS = ("train", "val")
+
+
+def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The random stream of sample ``index`` of ``split`` under data seed ``seed``.
+
+    NumPy's SeedSequence hashes the whole ``(seed, split, index)`` tuple, so the endless
+    training stream never meets the validation samples or another seed's. (torch's CPU
+    generator keeps only the low 32 bits of a seed: ``manual_seed(2**40 + 5)`` repeats 5.)
+    """
+    return np.random.default_rng([seed, _SPLITS.index(split), index])
 
 
 def glyph_bank(num_shapes: int, num_colours: int, glyph_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,14 +76,14 @@ class SyntheticContextDataset(Dataset):
         *,
         split: str = "train",
         seed: int = 0,
-        image_size: int = 64,
-        glyph_size: int = 8,
+        image_size: int = 32,
+        glyph_size: int = 5,
         num_shapes: int = 4,
         num_colours: int = 4,
         noise: float = 0.3,
     ) -> None:
         self.length = length
-        self.base_seed = seed * 2_000_003 + _SPLIT_OFFSET[split]
+        self.seed, self.split = seed, split
         self.image_size = image_size
         self.glyph_size = glyph_size
         self.noise = noise
@@ -87,31 +98,31 @@ class SyntheticContextDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if index < 0:
             raise IndexError(index)
-        gen = torch.Generator().manual_seed(self.base_seed + index)
-        label = int(torch.randint(len(CLASS_NAMES), (1,), generator=gen))
+        rng = sample_rng(self.seed, self.split, index)
+        label = int(rng.integers(len(CLASS_NAMES)))
         same_shape, same_colour = bool(label & 2), bool(label & 1)
-        shape_a, shape_b = self._pick_pair(len(self.shapes), same_shape, gen)
-        colour_a, colour_b = self._pick_pair(len(self.colours), same_colour, gen)
+        shape_a, shape_b = self._pick_pair(len(self.shapes), same_shape, rng)
+        colour_a, colour_b = self._pick_pair(len(self.colours), same_colour, rng)
 
         s, g = self.image_size, self.glyph_size
-        tint = (torch.rand(3, 1, 1, generator=gen) - 0.5) * 0.4
-        image = tint + self.noise * torch.randn(3, s, s, generator=gen)
+        tint = (rng.random((3, 1, 1)) - 0.5) * 0.4
+        image = torch.from_numpy((tint + self.noise * rng.standard_normal((3, s, s))).astype(np.float32))
         third = s // 3
         # Glyph a anywhere in the left third, glyph b anywhere in the right third.
         for shape, colour, x_lo in ((shape_a, colour_a, 0), (shape_b, colour_b, s - third)):
-            y = int(torch.randint(0, s - g + 1, (1,), generator=gen))
-            x = x_lo + int(torch.randint(0, third - g + 1, (1,), generator=gen))
+            y = int(rng.integers(0, s - g + 1))
+            x = x_lo + int(rng.integers(0, third - g + 1))
             mask = self.shapes[shape]  # (g, g)
             patch = image[:, y : y + g, x : x + g]
             image[:, y : y + g, x : x + g] = patch * (1 - mask) + self.colours[colour][:, None, None] * mask
         return image, label
 
     @staticmethod
-    def _pick_pair(n: int, equal: bool, gen: torch.Generator) -> tuple[int, int]:
-        a = int(torch.randint(n, (1,), generator=gen))
+    def _pick_pair(n: int, equal: bool, rng: np.random.Generator) -> tuple[int, int]:
+        a = int(rng.integers(n))
         if equal:
             return a, a
-        b = (a + 1 + int(torch.randint(n - 1, (1,), generator=gen))) % n  # uniform over b != a
+        b = (a + 1 + int(rng.integers(n - 1))) % n  # uniform over b != a
         return a, b
 
 
@@ -138,9 +149,9 @@ class FreshSamplesSampler(Sampler[int]):
 
     def __iter__(self):
         n = len(self.data_source)
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         offset = self.epoch * n if self.fresh else 0
-        return iter((torch.randperm(n, generator=gen) + offset).tolist())
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        return iter((order + offset).tolist())
 
 
 class SyntheticContextDataModule(pl.LightningDataModule):
@@ -176,6 +187,7 @@ class SyntheticContextDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        _check_at_least("seed", seed, 0)
         _check_at_least("train_size", train_size, 1)
         _check_at_least("val_size", val_size, 1)
         _check_at_least("num_shapes", num_shapes, 2)
