@@ -84,8 +84,17 @@ def test_fit_learns_and_logs_lr_schedule(tmp_path):
 
 
 def test_no_weight_decay_on_biases_and_norms():
-    task = ClassificationTask(num_classes=4, **SMALL)
+    extra = [{"block": "nl", "options": {"mode": "concatenation"}, "stages": [4], "position": "after_add"}]
+    task = ClassificationTask(num_classes=4, block="gc", extra_plugins=extra, **SMALL)
     decay, no_decay = parameter_groups(task, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(task.parameters()))
+    names = {id(p): n for n, p in task.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    assert decayed | exempt == set(names.values()) and not decayed & exempt
+    ln = "network.layer4.0.plugins.after_conv2.0.transform_add.1.weight"  # GC's LayerNorm([C, 1, 1])
+    assert task.get_parameter(ln).ndim == 3 and ln in exempt
+    assert all(n.endswith("bias") or ".bn" in n or "downsample.1" in n or "transform_add.1" in n for n in exempt)
+    concat = [n for n in decayed if "concat_project" in n]
+    assert concat and all(task.get_parameter(n).ndim == 1 for n in concat)  # a 1-D weight, decayed
+    assert all(n.endswith(("weight", "concat_project")) for n in decayed)

@@ -12,12 +12,22 @@ from torch import nn
 OptimizerName = Literal["sgd", "adamw"]
 
 
+#: Layers whose parameters are scales and shifts, not weights to shrink.
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv/linear weights only, not on biases and normalisation scales."""
+    """Weight decay on weights; none on biases and normalisation parameters.
+
+    Decided by module type and name, not by ``ndim``: GC's ``LayerNorm([C, 1, 1])`` has 3-D
+    parameters, and some 1-D parameters are real weights (Non-local's concat projection).
+    """
     decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.requires_grad:
+                exempt = isinstance(module, NORM_LAYERS) or name == "bias"
+                (no_decay if exempt else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
