@@ -86,7 +86,10 @@ class GloRe(RecordsAttention, nn.Module):
             v = v + self.node_conv(v.transpose(1, 2)).transpose(1, 2)
             v = self.state_conv(torch.relu(v))
             y = (v @ proj.to(v.dtype)).reshape(n, self.states, h, w)
-        return x + self.bn(self.extend(y.to(states.dtype)))
+            # Extend and BN in float32 too: without ``normalize`` y grows with H*W and passes
+            # fp16's 65504 at full Cityscapes resolution, and BN turns inf into NaN.
+            out = self.bn(self.extend(y))
+        return x + out.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, states={self.states}, nodes={self.nodes}, normalize={self.normalize}"

@@ -168,3 +168,15 @@ def test_jsonargparse_builds_a_channel_callable(class_path, init_args, check):
     bad = {"class_path": class_path, "init_args": {next(iter(init_args)): "not-a-choice"}}
     with pytest.raises(Exception, match="block"):  # the Literal / type annotation rejects it
         parser.parse_args([f"--block={json.dumps(bad)}"])
+
+
+def test_glore_stays_finite_under_fp16_at_large_resolution():
+    """Without normalisation GloRe's node features grow with H*W; at 64x128 with C=512 they
+    pass fp16's range (review finding), so the block must keep them in float32."""
+    torch.manual_seed(0)
+    block = build_block("glore", 512).train()
+    perturb(block)
+    x = torch.relu(torch.randn(1, 512, 64, 128)) * 2
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = block(x.half())
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
