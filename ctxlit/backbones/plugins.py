@@ -240,6 +240,14 @@ class PluggableMixin:
                     f"{attr} of this {kind} is already replaced by another plugin; "
                     f"a conv can be replaced only once"
                 )
+            dilation = getattr(getattr(self, attr), "dilation", (1, 1))
+            if tuple(dilation) != (1, 1):
+                # SK and LR bring their own receptive field (dilations 1/2, a 7x7 window) and take
+                # no network dilation; replacing silently would shrink a dilated network's view.
+                raise ConfigError(
+                    f"{attr} of this {kind} is dilated (dilation={tuple(dilation)}, from output_stride < 32); "
+                    f"{block_label(spec.block)} cannot replace it: use output_stride=32 or an add-on block"
+                )
             in_ch, out_ch, stride = self.conv_signature(attr)
             setattr(self, attr, build_operator(spec, in_ch, out_ch, stride))
             channels = out_ch

@@ -213,3 +213,15 @@ def test_conv_replaced_twice_is_an_error():
 
     with pytest.raises(ValueError, match="already replaced"):
         build_backbone("resnet50", plugins=[{"block": Op, "stages": [1]}, {"block": Op, "stages": [1]}])
+
+
+@pytest.mark.parametrize("name", ["sknet50", "lrnet50"])
+def test_spatial_operator_refuses_a_dilated_conv(name):
+    with pytest.raises(ValueError, match=r"conv2 of this Bottleneck is dilated \(dilation=\(2, 2\).*output_stride=32"):
+        build_backbone(name, output_stride=16)
+
+
+def test_replace_on_undilated_stages_of_a_dilated_resnet_still_works():
+    # output_stride=16 dilates layer4 only: replacing in layer2 keeps the receptive field.
+    model = build_backbone("resnet50", output_stride=16, plugins=[{"block": "sk", "stages": [2], "blocks": "last"}])
+    assert type(model.layer2[-1].conv2).__name__ == "SelectiveKernelConv"
