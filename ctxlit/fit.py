@@ -16,15 +16,23 @@ import os
 import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
-WANDB_HOST = ("api.wandb.ai", 443)
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
+def wandb_host() -> tuple[str, int]:
+    """W&B's server: ``WANDB_BASE_URL`` (self-hosted) or the public API."""
+    url = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+
+
 def wandb_reachable(timeout: float = 2.0) -> bool:
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a direct probe says nothing about the proxy route; let W&B try it
     try:
-        with socket.create_connection(WANDB_HOST, timeout=timeout):
+        with socket.create_connection(wandb_host(), timeout=timeout):
             return True
     except OSError:
         return False
@@ -35,7 +43,7 @@ def wandb_has_key() -> bool:
         return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        return "api.wandb.ai" in netrc.read_text()
+        return wandb_host()[0] in netrc.read_text()
     except OSError:
         return False
 
@@ -45,10 +53,15 @@ def choose_wandb_mode() -> str:
     mode = os.environ.get("WANDB_MODE")
     if mode:
         return mode
-    if not wandb_has_key() or not wandb_reachable():
-        os.environ["WANDB_MODE"] = "offline"
-        return "offline"
-    return "online"
+    if not wandb_has_key():
+        reason = "no W&B API key"
+    elif not wandb_reachable():
+        reason = f"{wandb_host()[0]} not reachable"
+    else:
+        return "online"
+    os.environ["WANDB_MODE"] = "offline"
+    print(f"[ctxlit] W&B logs offline ({reason}); upload later with `wandb sync`", file=sys.stderr)
+    return "offline"
 
 
 def with_defaults(argv: list[str]) -> list[str]:

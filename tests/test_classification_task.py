@@ -67,18 +67,27 @@ def test_training_step_loss_uses_label_smoothing_and_class_weights():
     torch.testing.assert_close(task._loss(logits, targets), weighted)
 
 
-def test_fit_learns_and_logs_lr_schedule(tmp_path):
+class RecordLR(pl.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_fit_follows_warmup_then_cosine_and_updates_weights(tmp_path):
     pl.seed_everything(0)
     dm = SyntheticContextDataModule(train_size=64, val_size=16, image_size=32, glyph_size=5, batch_size=16)
-    task = ClassificationTask(num_classes=dm.num_classes, block="gc", lr=0.1, warmup_epochs=1, **SMALL)
+    task = ClassificationTask(num_classes=dm.num_classes, block="gc", lr=0.1, warmup_epochs=1, min_lr_ratio=0.1, **SMALL)
+    record = RecordLR()
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         default_root_dir=tmp_path, num_sanity_val_steps=0)
+                         default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[record])
     before = {k: v.clone() for k, v in task.state_dict().items()}
     trainer.fit(task, datamodule=dm)
     assert trainer.global_step == 8
-    # Warmup (4 steps = 1 epoch) then cosine: the LR peaked at lr and came back down.
-    scheduler = trainer.lr_scheduler_configs[0].scheduler
-    assert scheduler.get_last_lr()[0] < 0.1
+    # 4 steps per epoch: warmup over epoch 1, cosine to 0.1 * lr over the remaining 4 steps.
+    expected = [0.1 * warmup_cosine(4, 8, 0.1)(step) for step in range(8)]
+    assert record.lrs == pytest.approx(expected)
     assert 0 <= float(trainer.callback_metrics["val/acc1"]) <= 1
     assert any(not torch.equal(before[k], v) for k, v in task.state_dict().items())
 
@@ -98,3 +107,39 @@ def test_no_weight_decay_on_biases_and_norms():
     concat = [n for n in decayed if "concat_project" in n]
     assert concat and all(task.get_parameter(n).ndim == 1 for n in concat)  # a 1-D weight, decayed
     assert all(n.endswith(("weight", "concat_project")) for n in decayed)
+
+
+@pytest.mark.parametrize("num_classes, has_top5", [(4, False), (5, False), (6, True), (1000, True)])
+def test_top5_is_measured_only_when_it_can_be_below_one(num_classes, has_top5):
+    task = ClassificationTask(num_classes=num_classes, **SMALL)
+    assert (task.val_acc5 is not None) == has_top5
+    if has_top5:
+        logits = torch.arange(num_classes, dtype=torch.float32).repeat(2, 1)  # ranks: last class first
+        task.val_acc5(logits, torch.tensor([num_classes - 5, num_classes - 6]))
+        assert float(task.val_acc5.compute()) == pytest.approx(0.5)
+
+
+def test_throughput_leaves_out_startup_and_mid_epoch_validation(monkeypatch):
+    from types import SimpleNamespace
+
+    from ctxlit.tasks import callbacks
+
+    ticks = iter([0.0, 1.0, 1.0, 11.0, 12.0, 13.0, 20.0, 30.0])  # 2nd-4th batch: 3 s, validation: 10 s
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(ticks))
+    logged = {}
+    trainer = SimpleNamespace(world_size=2)
+    module = SimpleNamespace(log=lambda name, value, **kw: logged.__setitem__(name, value))
+    batch = (torch.zeros(8, 3, 4, 4), torch.zeros(8))
+    summary = callbacks.RunSummary()
+    summary.on_train_epoch_start(trainer, module)
+    summary.on_train_batch_end(trainer, module, None, batch, 0)  # t=0: start of timing
+    summary.on_train_batch_end(trainer, module, None, batch, 1)  # t=1
+    summary.on_validation_start(trainer, module)  # t=1
+    summary.on_validation_end(trainer, module)  # t=11
+    summary.on_train_batch_end(trainer, module, None, batch, 2)  # t=12
+    summary.on_train_batch_end(trainer, module, None, batch, 3)  # t=13
+    summary.on_validation_start(trainer, module)  # t=20: the epoch-end validation, after timing
+    summary.on_validation_end(trainer, module)  # t=30
+    summary.on_train_epoch_end(trainer, module)
+    assert logged["train/images_per_sec"] == pytest.approx(3 * 8 * 2 / 3.0)  # 3 batches x 8 x 2 ranks in 3 s
+    assert summary.images_per_sec == pytest.approx(16.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,8 @@ def test_fit_end_to_end_writes_logs_checkpoints_and_summary(tmp_path, offline_en
     assert (version / "config.yaml").is_file()
     rows = list(csv.DictReader((version / "metrics.csv").open()))
     columns = set(rows[0])
-    assert {"val/acc1", "val/acc5", "train/loss", "train/lr", "train/images_per_sec"} <= columns
+    assert {"val/acc1", "train/loss", "train/lr", "train/images_per_sec"} <= columns
+    assert "val/acc5" not in columns  # 4 classes: top-5 would always be 1
     val_acc = [float(r["val/acc1"]) for r in rows if r.get("val/acc1")]
     assert len(val_acc) == 2 and all(0.0 <= a <= 1.0 for a in val_acc)
     # No network and no API key: W&B chose offline mode by itself and wrote a run.
@@ -235,28 +237,19 @@ def test_every_block_trains_in_the_default_experiment(block, tmp_path, monkeypat
         assert {k.split(".plugins.")[0] for k in plugin_keys} == {f"network.layer{s}.0" for s in (2, 3, 4)}
 
 
-@pytest.mark.parametrize("validation", [[], ["--trainer.val_check_interval=2"]], ids=["epoch-end", "mid-epoch"])
-def test_last_checkpoint_is_the_final_state_even_when_the_metric_stops_improving(validation, tmp_path, monkeypatch):
-    # top-5 of 4 classes is always 1.0: only the first validation is a "best".
+@pytest.mark.parametrize("validation, best_step", [([], 4), (["--trainer.val_check_interval=2"], 6)],
+                         ids=["epoch-end", "mid-epoch"])
+def test_last_checkpoint_is_the_final_state_even_when_the_metric_stops_improving(
+        validation, best_step, tmp_path, monkeypatch):
+    # Monitor the learning rate: 1 epoch (4 steps) of warmup, then a cosine, so its highest
+    # value at a validation is known (step 4; step 6 when validating every 2 steps).
     monkeypatch.chdir(tmp_path)
     args = [*TINY, "--trainer.logger=false", "--trainer.max_epochs=3", "--checkpoint.dirpath=ckpt",
-            "--checkpoint.monitor=val/acc5", *validation]
+            "--checkpoint.monitor=train/lr", "--checkpoint.mode=max", *validation]
     assert main(args) == 0
     steps = {p.name: torch.load(p, weights_only=False)["global_step"] for p in (tmp_path / "ckpt").iterdir()}
     best = [name for name in steps if name.startswith("best-")]
-    assert steps["last.ckpt"] == 12 and len(best) == 1 and steps[best[0]] == (2 if validation else 4), steps
-
-
-def test_spatial_operator_given_as_a_class_replaces_conv2(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    args = [*TINY, "--model.init_args.backbone_options.width=16",
-            "--model.init_args.block=ctxlit.blocks.SelectiveKernelConv", "--model.init_args.block.init_args.groups=16",
-            "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.logger=false", "--checkpoint.dirpath=ckpt"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "layer2.0.conv2" in out and "SelectiveKernelConv" in out and "call_without_instantiate_context" not in out
-    keys = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
-    assert "network.layer2.0.conv2.convs.1.0.weight" in keys
+    assert steps["last.ckpt"] == 12 and len(best) == 1 and steps[best[0]] == best_step, steps
 
 
 @pytest.mark.parametrize("flag", ["-c", "--config"])
@@ -269,3 +262,23 @@ def test_a_given_config_is_not_merged_with_the_default(flag, tmp_path, capsys, m
     assert config["data"]["class_path"] == "ctxlit.data.FoodDeliveryDataModule"
     assert config["model"]["init_args"]["backbone"] == "resnet18_112"
     assert not config["model"]["init_args"].get("backbone_options")  # the synthetic width-16/cifar stem leaked in
+
+
+def test_wandb_goes_offline_by_itself_and_says_why(offline_env, monkeypatch, capsys):
+    from ctxlit.fit import choose_wandb_mode
+
+    assert choose_wandb_mode() == "offline" and os.environ["WANDB_MODE"] == "offline"
+    assert "no W&B API key" in capsys.readouterr().err
+    # A key, but the (self-hosted) server refuses connections: offline again, named.
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    assert choose_wandb_mode() == "offline"
+    assert "127.0.0.1 not reachable" in capsys.readouterr().err
+    # Behind a proxy a direct probe proves nothing: leave it to W&B.
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert choose_wandb_mode() == "online" and "WANDB_MODE" not in os.environ
+    # An explicit choice always wins.
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert choose_wandb_mode() == "disabled"

@@ -42,8 +42,8 @@ class RunSummary(pl.Callback):
     """Logs parameters/FLOPs when a fit starts, images/s each epoch, and prints a summary at the end.
 
     Throughput counts training batches only: per epoch, from the end of the first batch (so
-    DataLoader start-up is excluded) to the end of the last one (validation runs after it),
-    summed over DDP ranks.
+    DataLoader start-up is excluded) to the end of the last one, less any validation run in
+    between (``val_check_interval < 1``), summed over DDP ranks.
     """
 
     def __init__(self) -> None:
@@ -54,6 +54,8 @@ class RunSummary(pl.Callback):
         self._epoch_first_end: float | None = None
         self._epoch_last_end: float | None = None
         self._epoch_images = 0
+        self._paused = self._paused_at_last_end = 0.0
+        self._validation_start = 0.0
         self._fit_start = 0.0
 
     # -- start -------------------------------------------------------------------------------
@@ -89,6 +91,7 @@ class RunSummary(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_first_end = self._epoch_last_end = None
         self._epoch_images = 0
+        self._paused = self._paused_at_last_end = 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         now = time.perf_counter()
@@ -96,12 +99,21 @@ class RunSummary(pl.Callback):
             self._epoch_first_end = now
             return
         self._epoch_last_end = now
+        self._paused_at_last_end = self._paused
         self._epoch_images += len(batch[0]) * trainer.world_size
+
+    # Validation inside an epoch (val_check_interval < 1) is not training time.
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._epoch_first_end is not None:
+            self._paused += time.perf_counter() - self._validation_start
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._epoch_last_end is None:
             return
-        seconds = self._epoch_last_end - self._epoch_first_end
+        seconds = self._epoch_last_end - self._epoch_first_end - self._paused_at_last_end
         self.images += self._epoch_images
         self.seconds += seconds
         if seconds > 0:

@@ -97,10 +97,10 @@ class ClassificationTask(pl.LightningModule):
             plugins=self.plugin_specs(block, placement, extra_plugins),
             **(backbone_options or {}),
         )
-        top_k = min(5, num_classes)
         self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
+        # top-5 of 5 classes or fewer is always 1: not measured there.
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes > 5 else None
         self.class_weights: torch.Tensor | None = None
 
     @staticmethod
@@ -142,10 +142,11 @@ class ClassificationTask(pl.LightningModule):
         logits = self(images)
         # Metric objects (not floats) so Lightning syncs exact counts across DDP ranks.
         self.val_acc1(logits, targets)
-        self.val_acc5(logits, targets)
         self.log("val/loss", F.cross_entropy(logits, targets), sync_dist=True)
         self.log("val/acc1", self.val_acc1, prog_bar=True)
-        self.log("val/acc5", self.val_acc5)
+        if self.val_acc5 is not None:
+            self.val_acc5(logits, targets)
+            self.log("val/acc5", self.val_acc5)
 
     # -- optimisation --------------------------------------------------------------------------
 
