@@ -38,6 +38,13 @@ class CtxlitCLI(LightningCLI):
         parser.add_lightning_class_args(RunSummary, "summary")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
+    def _instantiate_trainer(self, config, callbacks):
+        # --trainer.enable_checkpointing=false: leave out our checkpoint callback instead of
+        # letting Lightning refuse the combination with a traceback.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, BestAndLastCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
 
 def run_cli(argv: list[str], from_command_line: bool = False) -> int:
     """Run the CLI on ``argv``; a ``CtxlitError`` raised while building the model or data

@@ -282,3 +282,11 @@ def test_wandb_goes_offline_by_itself_and_says_why(offline_env, monkeypatch, cap
     # An explicit choice always wins.
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert choose_wandb_mode() == "disabled"
+
+
+def test_checkpointing_can_be_switched_off(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false", "--checkpoint.dirpath=ckpt"]
+    assert main(args) == 0
+    assert not (tmp_path / "ckpt").exists()
