@@ -60,6 +60,7 @@ from typing import Any
 
 from torch import nn
 
+from ctxlit import blocks as block_library
 from ctxlit.errors import ConfigError
 
 ADDON_POSITIONS = ("after_conv1", "after_conv2", "after_conv3", "after_last_conv", "after_add")
@@ -150,23 +151,11 @@ def block_options(block: str | Callable[..., nn.Module], options: Mapping[str, A
 # --------------------------------------------------------------------------- block kinds
 
 
-def _blocks_module():
-    try:
-        import ctxlit.blocks as blocks
-    except ImportError as err:  # pragma: no cover - only while ctxlit.blocks is missing
-        raise ConfigError(f"ctxlit.blocks is not available ({err}); cannot build plugin blocks") from err
-    return blocks
-
-
-def _registry() -> Mapping[str, Any]:
-    return getattr(_blocks_module(), "BLOCKS")
-
-
 def _is_spatial(block: str | Callable[..., nn.Module]) -> bool | None:
     """True for spatial operators, False for add-on blocks, None when it cannot be told
     (a plain function: then the position decides)."""
     if isinstance(block, str):
-        return bool(_blocks_module().is_spatial_operator(block))
+        return bool(block_library.is_spatial_operator(block))
     target = block_target(block)
     flag = getattr(target, "spatial_operator", None)
     if isinstance(flag, bool):
@@ -178,20 +167,20 @@ def _is_spatial(block: str | Callable[..., nn.Module]) -> bool | None:
 
 
 def _check_block_name(name: str) -> None:
-    registry = _registry()
+    registry = block_library.BLOCKS
     if name not in registry:
         raise ConfigError(f"unknown plugin block {name!r}; registered blocks: {', '.join(sorted(registry))}")
 
 
 def build_addon(spec: PluginSpec, channels: int) -> nn.Module:
     if isinstance(spec.block, str):
-        return _blocks_module().build_block(spec.block, channels, **dict(spec.options))
+        return block_library.build_block(spec.block, channels, **dict(spec.options))
     return spec.block(channels)
 
 
 def build_operator(spec: PluginSpec, in_channels: int, out_channels: int, stride: int) -> nn.Module:
     if isinstance(spec.block, str):
-        return _blocks_module().build_block(
+        return block_library.build_block(
             spec.block, in_channels, out_channels=out_channels, stride=stride, **dict(spec.options)
         )
     # keywords: a CLI partial already binds out_channels/stride to defaults, call keywords win

@@ -10,6 +10,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from ctxlit.backbones import describe_plugins
 from ctxlit.utils.complexity import NOTE_NOT_COUNTED, measure_complexity
 
 
@@ -77,10 +78,6 @@ class RunSummary(pl.Callback):
         print(f"[ctxlit] model: {c.params / 1e6:.3f}M parameters, {c.flops / 1e9:.4f} GFLOPs "
               f"({c.macs / 1e9:.4f} GMACs) at input {tuple(c.input_shape)}")
         print(f"[ctxlit] {NOTE_NOT_COUNTED}")
-        try:
-            from ctxlit.backbones import describe_plugins
-        except ImportError:  # pragma: no cover - older backbone package
-            return
         rows = describe_plugins(network)
         print(f"[ctxlit] plugins: {len(rows)} inserted" + (":" if rows else ""))
         for row in rows:

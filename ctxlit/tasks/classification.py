@@ -119,7 +119,7 @@ class ClassificationTask(pl.LightningModule):
     # -- steps -------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        weights = getattr(self.trainer.datamodule, "class_weights", None) if self._trainer else None
+        weights = getattr(self.trainer.datamodule, "class_weights", None)  # None without a data module
         if self.hparams.use_class_weights and weights is not None:
             self.class_weights = torch.as_tensor(weights, dtype=torch.float32)
 
