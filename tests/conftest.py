@@ -14,8 +14,7 @@ import pytorch_lightning as pl
 TINY = [
     "--data.init_args.train_size=64",
     "--data.init_args.val_size=24",
-    "--data.init_args.image_size=32",
-    "--data.init_args.glyph_size=5",
+    "--data.init_args.image_size=[16,32]",
     "--data.init_args.batch_size=16",
     "--model.init_args.backbone_options.width=8",
     "--trainer.enable_progress_bar=false",

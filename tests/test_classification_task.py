@@ -77,7 +77,7 @@ class RecordLR(pl.Callback):
 
 def test_fit_follows_warmup_then_cosine_and_updates_weights(tmp_path):
     pl.seed_everything(0)
-    dm = SyntheticContextDataModule(train_size=64, val_size=16, image_size=32, glyph_size=5, batch_size=16)
+    dm = SyntheticContextDataModule(train_size=64, val_size=16, image_size=(16, 32), batch_size=16)
     task = ClassificationTask(num_classes=dm.num_classes, block="gc", lr=0.1, warmup_epochs=1, min_lr_ratio=0.1, **SMALL)
     record = RecordLR()
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -207,7 +207,7 @@ def test_ddp_two_cpu_processes_make_one_wandb_run_and_exact_val_metrics(tmp_path
     from ctxlit.tasks import ClassificationTask
 
     task = ClassificationTask.load_from_checkpoint(versions[0] / "checkpoints" / "last.ckpt", map_location="cpu")
-    dm = SyntheticContextDataModule(train_size=64, val_size=23, image_size=32, glyph_size=5, batch_size=16)
+    dm = SyntheticContextDataModule(train_size=64, val_size=23, image_size=(16, 32), batch_size=16)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     single = trainer.validate(task, datamodule=dm, verbose=False)[0]["val/acc1"]
     assert ddp_acc == pytest.approx(single, abs=1e-6)

@@ -1,20 +1,37 @@
-"""Synthetic context benchmark: labels that only a network with global context can read.
+"""Synthetic context benchmark: a cue at one end of the image says which glyph at the other end
+is the answer.
 
-Each image (3 x S x S, default 32 px) holds two small glyphs on a noisy, tinted background:
-one in the left third and one in the right third, so they are always far apart. A glyph has
-a *shape* (one of ``num_shapes`` fixed random binary masks) and a *colour* (one of
-``num_colours`` fixed palette entries). The label is a relation between the two glyphs::
+Each image is a strip of tinted noise, 3 x H x W (default 16 x 64)::
 
-    label = 2 * [shapes equal] + [colours equal]          # 4 classes
+    +---+---------------------------------------------------+---+
+    | c |                                                   | A |   A, B: two candidate glyphs,
+    | u |        background only (49 columns, by default)   |   |   one drawn in each cue colour
+    | e |                                                   | B |
+    +---+---------------------------------------------------+---+
 
-Why context blocks help, by construction: a plain CNN ends in global average pooling and a
-linear classifier, so when no receptive field covers both glyphs its logits are a linear
-function of ``f(glyph_a) + f(glyph_b)``. "Equal or not" is not linearly separable in such a
-sum (``2 f(a)`` vs ``f(a) + f(b)``: any linear score that is high for every ``2 f(a)`` is
-also high for ``f(a) + f(b)``). A block that mixes a global summary back into every position
-through a non-linearity (GC, SE, Non-local, GloRe, ...) can compare the local glyph with the
-global context. Deep layers whose theoretical receptive field spans both glyphs can in
-principle do it too, which is exactly the comparison the benchmark measures.
+- the *cue*: a full-height bar, ``glyph_size`` columns wide, in one of two colours (red or
+  cyan), starting in one of the first ``margin + 1`` columns;
+- two *candidates* in the last ``glyph_size + margin`` columns, one in the top half and one in
+  the bottom half: glyphs whose shape is one of ``num_shapes`` fixed random masks, one drawn
+  in each cue colour (which one is on top is random).
+
+The label is the shape of the candidate whose colour matches the cue (``num_shapes`` classes).
+
+Why a context block helps, by construction. A plain CNN ends in global average pooling and a
+linear classifier, so its logits are a sum over output units. When no unit's receptive field
+spans both ends (with the defaults the cue's last column and the candidates' first are 49
+columns apart, and ResNet-10 with the ``cifar`` stem sees 49 x 49 pixels:
+``tests/test_synthetic_data.py`` checks it on the real backbone), the logits split into
+``u(cue side) + v(candidate side)``. Take the four images that differ only in the cue colour
+and in which of shapes a, b the red candidate wears: reading both cues right with red = a
+needs ``d[a] > d[b]`` for ``d = u(red) - u(cyan)``, and with red = b needs ``d[b] > d[a]``,
+so at most three of the four are right and such a network scores at most ``1/4 + 3/4 * 3/4
+= 13/16`` (the 1/4: both candidates share a shape). In practice it reads the two shapes and
+guesses between them: ``1/4 + 3/4 * 1/2 = 0.625``. A block that mixes a global summary back
+into every position (GC, SE, Non-local, GloRe, SK's global attention, ...) lets the candidate
+side see the cue, and a network with one can reach 100%. The cue is a large bar so that it
+dominates any global summary: with a glyph-sized cue, GC sometimes stayed on the 0.625
+plateau for the whole default budget.
 
 Everything is generated on the fly from ``(seed, split, index)``, so a sample is the same in
 every worker, process and rank, and nothing is stored on disk. Training reads a new stretch of
@@ -34,11 +51,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ctxlit.data.sampling import evaluation_sampler
 from ctxlit.errors import ConfigError
 
-CLASS_NAMES = ["different", "same_colour", "same_shape", "same_shape_and_colour"]
-
 # The glyph bank defines the task, so it is fixed across data seeds.
 _GLYPH_BANK_SEED = 20190425
 _SPLITS = ("train", "val")
+_CUE_COLOURS = 2
 
 
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -55,19 +71,24 @@ def glyph_bank(num_shapes: int, num_colours: int, glyph_size: int) -> tuple[torc
     """Fixed random shapes (num_shapes, g, g) in {0,1} and colours (num_colours, 3) in [-1, 1]."""
     gen = torch.Generator().manual_seed(_GLYPH_BANK_SEED)
     shapes = (torch.rand(num_shapes, glyph_size, glyph_size, generator=gen) > 0.5).float()
-    # Evenly spaced hues keep colours distinguishable whatever their number.
+    # Evenly spaced hues keep colours distinguishable whatever their number (2: red and cyan).
     hues = torch.arange(num_colours, dtype=torch.float32) / num_colours
     phase = torch.tensor([0.0, 1.0 / 3.0, 2.0 / 3.0])
     colours = torch.cos(2 * math.pi * (hues[:, None] - phase[None, :]))
     return shapes, colours
 
 
+def class_names(num_shapes: int) -> list[str]:
+    return [f"shape_{k}" for k in range(num_shapes)]
+
+
 class SyntheticContextDataset(Dataset):
-    """Deterministic samples of the glyph-relation task; item = (image, label).
+    """Deterministic samples of the cue-and-candidates task; item = (image, label).
 
     Sample ``i`` of a split is defined for every ``i >= 0`` (an endless stream); ``length`` is
     how many make up one epoch. :class:`FreshSamplesSampler` reads a new stretch of the stream
-    every epoch, so a network cannot memorise its training set.
+    every epoch, so a network cannot memorise its training set. ``image_size`` is
+    ``(height, width)``.
     """
 
     def __init__(
@@ -76,18 +97,25 @@ class SyntheticContextDataset(Dataset):
         *,
         split: str = "train",
         seed: int = 0,
-        image_size: int = 32,
+        image_size: tuple[int, int] = (16, 64),
         glyph_size: int = 5,
+        margin: int = 3,
         num_shapes: int = 4,
-        num_colours: int = 4,
         noise: float = 0.3,
     ) -> None:
         self.length = length
         self.seed, self.split = seed, split
-        self.image_size = image_size
+        self.height, self.width = image_size
         self.glyph_size = glyph_size
+        self.margin = margin
         self.noise = noise
-        self.shapes, self.colours = glyph_bank(num_shapes, num_colours, glyph_size)
+        self.shapes, self.colours = glyph_bank(num_shapes, _CUE_COLOURS, glyph_size)
+
+    @property
+    def separation(self) -> int:
+        """Columns from the cue's last pixel to the candidates' first: a unit needs a receptive
+        field wider than this to see both."""
+        return self.width - 2 * (self.glyph_size + self.margin) + 1
 
     def __len__(self) -> int:
         return self.length
@@ -99,31 +127,28 @@ class SyntheticContextDataset(Dataset):
         if index < 0:
             raise IndexError(index)
         rng = sample_rng(self.seed, self.split, index)
-        label = int(rng.integers(len(CLASS_NAMES)))
-        same_shape, same_colour = bool(label & 2), bool(label & 1)
-        shape_a, shape_b = self._pick_pair(len(self.shapes), same_shape, rng)
-        colour_a, colour_b = self._pick_pair(len(self.colours), same_colour, rng)
+        h, w, g, m = self.height, self.width, self.glyph_size, self.margin
+        cue = int(rng.integers(_CUE_COLOURS))
+        shapes = rng.integers(len(self.shapes), size=2)  # of the top and the bottom candidate
+        top_colour = int(rng.integers(_CUE_COLOURS))
+        colours = (top_colour, 1 - top_colour)
+        label = int(shapes[colours.index(cue)])
 
-        s, g = self.image_size, self.glyph_size
         tint = (rng.random((3, 1, 1)) - 0.5) * 0.4
-        image = torch.from_numpy((tint + self.noise * rng.standard_normal((3, s, s))).astype(np.float32))
-        third = s // 3
-        # Glyph a anywhere in the left third, glyph b anywhere in the right third.
-        for shape, colour, x_lo in ((shape_a, colour_a, 0), (shape_b, colour_b, s - third)):
-            y = int(rng.integers(0, s - g + 1))
-            x = x_lo + int(rng.integers(0, third - g + 1))
-            mask = self.shapes[shape]  # (g, g)
-            patch = image[:, y : y + g, x : x + g]
-            image[:, y : y + g, x : x + g] = patch * (1 - mask) + self.colours[colour][:, None, None] * mask
+        image = torch.from_numpy((tint + self.noise * rng.standard_normal((3, h, w))).astype(np.float32))
+        x = int(rng.integers(0, m + 1))
+        image[:, :, x : x + g] = self.colours[cue][:, None, None]  # the cue bar, full height
+        half = h // 2
+        tops = (int(rng.integers(0, half - g + 1)), half + int(rng.integers(0, h - half - g + 1)))
+        for shape, colour, y in zip(shapes, colours, tops):
+            self._draw(image, y, w - g - int(rng.integers(0, m + 1)), self.shapes[int(shape)], colour)
         return image, label
 
-    @staticmethod
-    def _pick_pair(n: int, equal: bool, rng: np.random.Generator) -> tuple[int, int]:
-        a = int(rng.integers(n))
-        if equal:
-            return a, a
-        b = (a + 1 + int(rng.integers(n - 1))) % n  # uniform over b != a
-        return a, b
+    def _draw(self, image: torch.Tensor, y: int, x: int, mask: torch.Tensor, colour: int) -> None:
+        """Paint ``mask`` (g, g) in palette colour ``colour`` with its top-left corner at (y, x)."""
+        g = self.glyph_size
+        patch = image[:, y : y + g, x : x + g]
+        image[:, y : y + g, x : x + g] = patch * (1 - mask) + self.colours[colour][:, None, None] * mask
 
 
 class FreshSamplesSampler(Sampler[int]):
@@ -164,9 +189,11 @@ class SyntheticContextDataModule(pl.LightningDataModule):
             reuses the same ``train_size`` samples every epoch.
         val_size: validation samples (a disjoint random stream).
         seed: data seed; samples depend only on it and their index.
-        image_size: side of the square image in pixels (at least 6 glyph sizes).
-        glyph_size: side of a glyph in pixels.
-        num_shapes, num_colours: size of the glyph bank (at least 2 each).
+        image_size: ``[height, width]`` in pixels. The width sets how far apart cue and
+            candidates are (``width - 2 * (glyph_size + margin) + 1`` columns, 49 by default).
+        glyph_size: side of a candidate glyph, and width of the cue bar, in pixels.
+        margin: how many columns the cue and the candidates may wander in from their edges.
+        num_shapes: size of the glyph bank, which is the number of classes (at least 2).
         noise: standard deviation of the background noise.
         batch_size: samples per batch (per process under DDP).
         num_workers: DataLoader workers; generation is cheap, 0 keeps both cores for training.
@@ -178,22 +205,27 @@ class SyntheticContextDataModule(pl.LightningDataModule):
         val_size: int = 1024,
         fresh_samples: bool = True,
         seed: int = 0,
-        image_size: int = 32,
+        image_size: tuple[int, int] = (16, 64),
         glyph_size: int = 5,
+        margin: int = 3,
         num_shapes: int = 4,
-        num_colours: int = 4,
         noise: float = 0.3,
         batch_size: int = 128,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        if len(tuple(image_size)) != 2:
+            raise ConfigError(f"data option 'image_size' must be [height, width], got {image_size!r}")
+        height, width = image_size
         _check_at_least("seed", seed, 0)
         _check_at_least("train_size", train_size, 1)
         _check_at_least("val_size", val_size, 1)
         _check_at_least("num_shapes", num_shapes, 2)
-        _check_at_least("num_colours", num_colours, 2)
         _check_at_least("glyph_size", glyph_size, 2)
-        _check_at_least("image_size", image_size, 6 * glyph_size)
+        _check_at_least("margin", margin, 0)
+        # Two candidates stacked in the two halves; cue and candidates in separate columns.
+        _check_at_least("image_size", height, 2 * glyph_size, "height (2 x glyph_size)")
+        _check_at_least("image_size", width, 2 * (glyph_size + margin) + 1, "width (2 x (glyph_size + margin) + 1)")
         _check_at_least("batch_size", batch_size, 1)
         _check_at_least("num_workers", num_workers, 0)
         self.save_hyperparameters()
@@ -201,22 +233,22 @@ class SyntheticContextDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.fresh_samples = fresh_samples
-        options = dict(seed=seed, image_size=image_size, glyph_size=glyph_size,
-                       num_shapes=num_shapes, num_colours=num_colours, noise=noise)
+        options = dict(seed=seed, image_size=(height, width), glyph_size=glyph_size, margin=margin,
+                       num_shapes=num_shapes, noise=noise)
         self.train_set = SyntheticContextDataset(train_size, split="train", **options)
         self.val_set = SyntheticContextDataset(val_size, split="val", **options)
 
     @property
     def num_classes(self) -> int:
-        return len(CLASS_NAMES)
+        return self.hparams.num_shapes
 
     @property
     def class_names(self) -> list[str]:
-        return list(CLASS_NAMES)
+        return class_names(self.hparams.num_shapes)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return (3, self.hparams.image_size, self.hparams.image_size)
+        return (3, *self.hparams.image_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, sampler=FreshSamplesSampler(self.train_set, self.seed, self.fresh_samples))
@@ -234,6 +266,7 @@ class SyntheticContextDataModule(pl.LightningDataModule):
         )
 
 
-def _check_at_least(option: str, value: int, minimum: int) -> None:
+def _check_at_least(option: str, value: int, minimum: int, what: str = "") -> None:
     if value < minimum:
-        raise ConfigError(f"data option {option!r} must be >= {minimum}, got {value}")
+        what = f" {what}" if what else ""
+        raise ConfigError(f"data option {option!r}{what} must be >= {minimum}, got {value}")

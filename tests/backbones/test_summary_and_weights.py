@@ -59,11 +59,11 @@ def test_summary_reads_an_experiment_yaml(tmp_path, capsys):
         "    backbone: resnet10\n    backbone_options: {width: 8, stem: cifar}\n"
         "    block:\n      class_path: ctxlit.blocks.GlobalContext\n      init_args: {fusion: mul}\n"
         "    placement: {stages: [3, 4], blocks: last, position: after_add}\n"
-        "data:\n  init_args: {image_size: 32}\n"
+        "data:\n  init_args: {image_size: [16, 64]}\n"
     )
     assert main([str(cfg), "--num-classes", "4"]) == 0
     out = capsys.readouterr().out
-    assert "FLOPs at 1x3x32x32" in out
+    assert "FLOPs at 1x3x16x64" in out
     assert "layer3.0.plugins.after_add.0" in out and "layer4.0.plugins.after_add.0" in out
     assert "fusion='mul'" in out
     assert main([str(tmp_path / "missing.yaml")]) == 2
