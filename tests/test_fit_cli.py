@@ -160,6 +160,15 @@ def test_block_option_rejected_by_the_block_is_one_line_error(tmp_path, capsys, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_data_option_rejected_by_the_data_module_is_one_line_error(tmp_path, capsys, monkeypatch):
+    # A synthetic strip too low to stack the two candidate glyphs.
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, "--data.init_args.image_size=[8,32]"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "error: data option 'image_size' height (2 x glyph_size) must be >= 10, got 8"
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
 def _final_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
