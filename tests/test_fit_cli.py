@@ -223,6 +223,19 @@ def test_ddp_two_cpu_processes_make_one_wandb_run_and_exact_val_metrics(tmp_path
     assert round(single * 23) == pytest.approx(single * 23, abs=1e-4)  # a count out of 23
 
 
+@pytest.mark.slow
+def test_ddp_with_fewer_validation_samples_than_processes_is_one_clear_error(tmp_path, offline_env):
+    # Without the check, rank 1 stopped on a zero-length DataLoader and rank 0 on a lost connection.
+    result = run_fit(
+        [*TINY, "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+         "--trainer.max_epochs=1", "--data.init_args.val_size=1", "--trainer.logger=false"],
+        cwd=tmp_path, env=offline_env,
+    )
+    assert result.returncode == 2, result.stderr[-4000:]
+    assert "error: the validation set has 1 sample(s), fewer than the 2 processes" in result.stderr
+    assert "Traceback" not in result.stderr and "ctxlit run summary" not in result.stdout
+
+
 @pytest.mark.parametrize("block", ["none", *__import__("ctxlit.blocks", fromlist=["BLOCKS"]).BLOCKS])
 def test_every_block_trains_in_the_default_experiment(block, tmp_path, monkeypatch):
     """What the synthetic sweep runs: each registry name with the default placement (add-on
