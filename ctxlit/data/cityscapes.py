@@ -24,7 +24,6 @@ import torch
 from torchvision import tv_tensors
 
 from ctxlit.data.folders import FolderDataModule, SkippingDataset, decode_label, decode_rgb, describe_skipped, report, require_dir
-from ctxlit.data.sampling import check_evaluation_size
 from ctxlit.data.transforms import IGNORE_INDEX, segmentation_train
 from ctxlit.errors import ConfigError, DatasetError
 
@@ -165,4 +164,3 @@ class CityscapesDataModule(FolderDataModule):
             transform = segmentation_train(self.crop_height, self.crop_width, self.min_scale, self.max_scale, self.hflip)
             self.train_dataset = CityscapesSegmentation(self.train_images, self.train_labels, transform, self.skip_unreadable)
             self.val_dataset = CityscapesSegmentation(self.val_images, self.val_labels, None, self.skip_unreadable)
-            check_evaluation_size(self.val_dataset, self.trainer)

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ctxlit.data.sampling import check_evaluation_size, evaluation_sampler
+from ctxlit.data.sampling import evaluation_sampler
 from ctxlit.errors import DatasetError
 
 try:  # torchvision >= 0.29 deprecates its image codecs in favour of torchcodec; still the fastest here
@@ -577,5 +577,4 @@ class ClassificationFolderDataModule(FolderDataModule):
             self.train_dataset = self._make_dataset(self.train_files, train=True)
         if self.val_dataset is None and stage in (None, "fit", "validate", "test", "predict"):
             self.val_dataset = self._make_dataset(self.val_files, train=False)
-            check_evaluation_size(self.val_dataset, self.trainer)
 

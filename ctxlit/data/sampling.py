@@ -28,24 +28,17 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return iter(range(self.rank, len(self.dataset), self.num_replicas))
 
 
-def check_evaluation_size(dataset: Sized, trainer) -> None:
-    """Every process needs at least one evaluation sample.
-
-    A process with none stops Lightning with a zero-length DataLoader deep inside the fit (and
-    its peers with a lost connection). Data modules call this from ``setup``, before any run
-    directory is written, and :func:`evaluation_sampler` again as a last guard.
-    """
-    world_size = 1 if trainer is None else trainer.world_size
-    if len(dataset) < world_size:
-        raise ConfigError(
-            f"the validation set has {len(dataset)} sample(s), fewer than the {world_size} processes "
-            f"(trainer.devices x trainer.num_nodes): every process needs at least one"
-        )
-
-
 def evaluation_sampler(dataset: Sized, trainer) -> Sampler | None:
-    """``None`` (in order) in one process, :class:`UnpaddedDistributedSampler` under DDP."""
+    """``None`` (in order) in one process, :class:`UnpaddedDistributedSampler` under DDP.
+
+    Every process needs at least one sample: a process with none would stop Lightning with a
+    zero-length DataLoader deep inside the fit, and its peers with a lost connection.
+    """
     if trainer is None or trainer.world_size <= 1:
         return None
-    check_evaluation_size(dataset, trainer)
+    if len(dataset) < trainer.world_size:
+        raise ConfigError(
+            f"the validation set has {len(dataset)} sample(s), fewer than the {trainer.world_size} processes "
+            f"(trainer.devices x trainer.num_nodes): every process needs at least one"
+        )
     return UnpaddedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank)

@@ -48,7 +48,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ctxlit.data.sampling import check_evaluation_size, evaluation_sampler
+from ctxlit.data.sampling import evaluation_sampler
 from ctxlit.errors import ConfigError
 
 # The glyph bank defines the task, so it is fixed across data seeds.
@@ -249,9 +249,6 @@ class SyntheticContextDataModule(pl.LightningDataModule):
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, *self.hparams.image_size)
-
-    def setup(self, stage: str | None = None) -> None:
-        check_evaluation_size(self.val_set, self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, sampler=FreshSamplesSampler(self.train_set, self.seed, self.fresh_samples))
