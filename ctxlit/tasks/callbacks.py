@@ -8,7 +8,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from pytorch_lightning.utilities import rank_zero_only
 
 from ctxlit.backbones import describe_plugins
 from ctxlit.utils.complexity import NOTE_NOT_COUNTED, measure_complexity
@@ -72,7 +71,6 @@ class RunSummary(pl.Callback):
                 logger.log_hyperparams(numbers)
             self._print_model(network)
 
-    @rank_zero_only
     def _print_model(self, network) -> None:
         c = self.complexity
         print(f"[ctxlit] model: {c.params / 1e6:.3f}M parameters, {c.flops / 1e9:.4f} GFLOPs "
