@@ -154,13 +154,20 @@ class NonLocal(RecordsAttention, nn.Module):
         return self._finish(x, y)
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """softmax(scale * q k^T) v through SDPA's fused kernels."""
+        """softmax(scale * q k^T) v through SDPA's fused kernels.
+
+        The tokens go in as one head, (N, 1, L, D): some torch releases (2.13) send 3-D inputs
+        to the math kernel, which materialises the L x Lk matrix the fused kernels avoid.
+        """
+        query, key, value = query[:, None], key[:, None], value[:, None]
         extra = query.shape[-1] - value.shape[-1]
         if extra > 0:
             # Gaussian mode: q, k are x (C dims), v is g (Ci dims). The fused kernels want equal
             # head dims (else the math path materialises L x Lk), so pad v with zeros and slice.
-            return F.scaled_dot_product_attention(query, key, F.pad(value, (0, extra)), scale=self.scale)[..., : -extra]
-        return F.scaled_dot_product_attention(query, key, value, scale=self.scale)
+            out = F.scaled_dot_product_attention(query, key, F.pad(value, (0, extra)), scale=self.scale)[..., : -extra]
+        else:
+            out = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
+        return out[:, 0]
 
     def _reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Explicit version: materialises the (N, L, Lk) pairwise matrix."""

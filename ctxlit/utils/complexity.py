@@ -6,6 +6,11 @@ the fused ``scaled_dot_product_attention`` kernels, with a multiply-add counted 
 Unlike module-hook counters it sees the matmuls inside attention blocks (Non-local, GC,
 GloRe), which hook-based counters silently skip.
 
+Some torch releases dispatch SDPA on CPU to ``aten._scaled_dot_product_flash_attention_for_cpu``,
+which the counter's table lacks (torch 2.14 counts it as 0 FLOPs). ``FLOP_FORMULAS_MISSING``
+adds the standard attention formula for every such kernel, so attention is counted on every path
+(math, flash, efficient, cuDNN, CPU flash); ``tests/blocks/test_blocks_flops.py`` checks each.
+
 It does *not* count element-wise work: activations, normalisation layers, softmax, pooling,
 additions and multiplications by gates. ``NOTE_NOT_COUNTED`` says so in every report.
 
@@ -19,12 +24,44 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 NOTE_NOT_COUNTED = (
     "FLOPs from torch.utils.flop_counter: conv, matmul/bmm and SDPA, multiply-add = 2 FLOPs; "
     "element-wise ops (activations, norms, softmax, pooling, gating) are not counted"
 )
+
+
+def _sdpa_forward_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def _missing_sdpa_formulas() -> dict:
+    """Formulas for the SDPA kernels of this torch that ``flop_counter`` does not count."""
+    kernels = {
+        "_scaled_dot_product_flash_attention_for_cpu": _sdpa_forward_flops,
+        "_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_backward_flops,
+    }
+    formulas = {}
+    for name, formula in kernels.items():
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None and op not in flop_counter.flop_registry:
+            formulas[op] = formula
+    return formulas
+
+
+#: ``custom_mapping`` for ``FlopCounterMode``: empty once torch counts these kernels itself.
+FLOP_FORMULAS_MISSING = _missing_sdpa_formulas()
+
+
+def flop_counter_mode() -> FlopCounterMode:
+    """A silent ``FlopCounterMode`` that also counts the SDPA kernels torch's table misses."""
+    return FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS_MISSING)
 
 
 @dataclass(frozen=True)
@@ -64,7 +101,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     was_training = model.training
     model.eval()
     try:
-        counter = FlopCounterMode(display=False)
+        counter = flop_counter_mode()
         with torch.no_grad(), counter:
             model(torch.zeros(input_shape, device=device, dtype=dtype))
     finally:
