@@ -3,11 +3,21 @@
 Models and data modules are chosen by ``class_path`` (subclass mode), so every option is a
 dotted key: ``--model.init_args.lr=0.05``, ``--data.init_args.batch_size=64``. The data
 module's ``num_classes`` is linked into the model, so no number is typed twice. Every fit
-also gets a best/last checkpoint (``--checkpoint.*``) and a run summary.
+also gets a best/last checkpoint (``--checkpoint.*``), a run summary (printed, and written as
+``summary.json`` beside ``metrics.csv``), and a validation at its last step.
+
+Two environment variables place a run inside a study, so the command line stays exactly the
+one ``wandb agent`` runs (``python -m ctxlit.sweep`` sets both):
+
+- ``CTXLIT_RUN_DIR``: the CSV logs, ``config.yaml``, ``summary.json`` and checkpoints go to this
+  folder itself, and W&B's files to ``<dir>/wandb``, instead of ``runs/<name>/version_N``.
+- ``WANDB_RUN_GROUP``: the W&B group, over the config's ``group:`` (wandb itself would let the
+  config win, and every trial of a synthetic sweep would land in group ``synthetic``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytorch_lightning as pl
@@ -15,7 +25,7 @@ from pytorch_lightning.cli import LightningCLI
 
 import ctxlit.blocks  # noqa: F401  (block classes resolvable by short name, e.g. GlobalContext)
 from ctxlit.errors import CtxlitError
-from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary
+from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary, ValidateAtLastStep
 
 
 class CtxlitCLI(LightningCLI):
@@ -38,12 +48,36 @@ class CtxlitCLI(LightningCLI):
         parser.add_lightning_class_args(RunSummary, "summary")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        place_loggers(config.trainer.logger, os.environ.get("CTXLIT_RUN_DIR"), os.environ.get("WANDB_RUN_GROUP"))
+
     def _instantiate_trainer(self, config, callbacks):
         # --trainer.enable_checkpointing=false: leave out our checkpoint callback instead of
         # letting Lightning refuse the combination with a traceback.
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, BestAndLastCheckpoint)]
-        return super()._instantiate_trainer(config, callbacks)
+        return super()._instantiate_trainer(config, [*callbacks, ValidateAtLastStep()])
+
+
+def place_loggers(loggers, run_dir: str | None, group: str | None) -> None:
+    """Point the configured CSV and W&B loggers (parsed, not yet built) at ``run_dir`` and
+    ``group``; see the module docstring. ``loggers`` is a Namespace, a list of them, or a bool."""
+    if not isinstance(loggers, list):
+        loggers = [loggers]
+    for logger in loggers:
+        class_path = getattr(logger, "class_path", "")
+        args = getattr(logger, "init_args", None)
+        if args is None:
+            continue
+        if run_dir and class_path.endswith(".CSVLogger"):
+            args.save_dir, args.name, args.version = run_dir, "", ""
+        elif class_path.endswith(".WandbLogger"):
+            # Absolute: wandb-core outlives a run and resolves relative paths against the working
+            # directory of the first run in this process (a second in-process run lost its data).
+            args.save_dir = os.path.abspath(run_dir or args.save_dir or ".")
+            if group:
+                args.group = group
 
 
 def run_cli(argv: list[str], from_command_line: bool = False) -> int:

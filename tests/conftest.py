@@ -24,7 +24,8 @@ TINY = [
 @pytest.fixture
 def offline_env(tmp_path, monkeypatch) -> dict[str, str]:
     """An environment with no W&B key, no W&B mode chosen and a private HOME (no ~/.netrc)."""
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT", "WANDB_RUN_ID"):
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT", "WANDB_RUN_ID",
+                "WANDB_RUN_GROUP", "WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "CTXLIT_RUN_DIR"):
         monkeypatch.delenv(var, raising=False)
     home = tmp_path / "home"
     home.mkdir()
@@ -36,7 +37,12 @@ def offline_env(tmp_path, monkeypatch) -> dict[str, str]:
 
 
 def run_fit(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m ctxlit.fit <args>`` in a fresh process, as a user would run it."""
+    """``python -m ctxlit.fit <args>`` in a fresh process, as a user would run it.
+
+    Without ``WANDB_SERVICE``: an in-process fit earlier in the session leaves it pointing at
+    its own wandb-core, and the subprocess would log through that service, not one of its own.
+    """
+    env = {k: v for k, v in env.items() if k != "WANDB_SERVICE"}
     return subprocess.run(
         [sys.executable, "-m", "ctxlit.fit", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,

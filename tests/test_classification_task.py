@@ -12,7 +12,7 @@ import torch
 from ctxlit.blocks import GlobalContext
 from ctxlit.data import SyntheticContextDataModule
 from ctxlit.tasks import ClassificationTask, Placement
-from ctxlit.tasks.optim import parameter_groups, warmup_cosine
+from ctxlit.tasks.optim import budgeted_warmup, parameter_groups, warmup_cosine
 
 SMALL = dict(backbone="resnet10", backbone_options={"width": 8, "stem": "cifar"})
 
@@ -80,16 +80,40 @@ def test_fit_follows_warmup_then_cosine_and_updates_weights(tmp_path):
     dm = SyntheticContextDataModule(train_size=64, val_size=16, image_size=(16, 32), batch_size=16)
     task = ClassificationTask(num_classes=dm.num_classes, block="gc", lr=0.1, warmup_epochs=1, min_lr_ratio=0.1, **SMALL)
     record = RecordLR()
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_epochs=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[record])
     before = {k: v.clone() for k, v in task.state_dict().items()}
     trainer.fit(task, datamodule=dm)
-    assert trainer.global_step == 8
-    # 4 steps per epoch: warmup over epoch 1, cosine to 0.1 * lr over the remaining 4 steps.
-    expected = [0.1 * warmup_cosine(4, 8, 0.1)(step) for step in range(8)]
+    assert trainer.global_step == 40
+    # 4 steps per epoch: warmup over epoch 1 (a tenth of the run), cosine to 0.1 * lr over the other 36.
+    expected = [0.1 * warmup_cosine(4, 40, 0.1)(step) for step in range(40)]
     assert record.lrs == pytest.approx(expected)
     assert 0 <= float(trainer.callback_metrics["val/acc1"]) <= 1
     assert any(not torch.equal(before[k], v) for k, v in task.state_dict().items())
+
+
+@pytest.mark.parametrize(("requested", "total", "expected"), [
+    (64, 640, 64),   # the default run: one epoch of ten, at the cap
+    (4, 4, 0),       # a one-epoch trial with warmup_epochs=1: no longer all warm-up
+    (64, 64, 6),
+    (5, 1000, 5),
+    (-3, 100, 0),
+])
+def test_warmup_is_at_most_a_tenth_of_the_run(requested, total, expected):
+    assert budgeted_warmup(requested, total) == expected
+
+
+def test_short_trial_spends_most_steps_after_warmup(tmp_path):
+    """One epoch with warmup_epochs=1 used to end at peak LR; now 90% of it decays."""
+    dm = SyntheticContextDataModule(train_size=160, val_size=16, image_size=(16, 32), batch_size=16)
+    task = ClassificationTask(num_classes=dm.num_classes, block="none", lr=0.1, warmup_epochs=1, **SMALL)
+    record = RecordLR()
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[record])
+    trainer.fit(task, datamodule=dm)
+    assert len(record.lrs) == 10
+    assert record.lrs[0] == pytest.approx(0.05) and record.lrs[1] == pytest.approx(0.1)
+    assert record.lrs[-1] < 0.01
 
 
 def test_no_weight_decay_on_biases_and_norms():

@@ -1,7 +1,10 @@
-"""Callbacks every fit gets: model complexity at the start, throughput, a final summary."""
+"""Callbacks every fit gets: model complexity at the start, throughput, a final summary
+(printed and written as ``summary.json``), best/last checkpoints, a validation at the last step."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -36,6 +39,19 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     def _refresh_last(self, trainer: pl.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class ValidateAtLastStep(pl.Callback):
+    """Validate at the final step of a ``trainer.max_steps`` run that stops inside an epoch.
+
+    Lightning validates at epoch ends only, so a short sweep trial cut by ``max_steps`` would
+    end without its sweep metric. Raising ``trainer.should_stop`` on the last step is the
+    public way (the one ``EarlyStopping`` uses) to get a validation run before the loop stops.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
 
 
 class RunSummary(pl.Callback):
@@ -124,9 +140,53 @@ class RunSummary(pl.Callback):
         self.fit_seconds = time.perf_counter() - self._fit_start
         if trainer.is_global_zero:
             print(self.summary_text(trainer))
+            self.write_summary(trainer, "finished")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.fit_seconds = time.perf_counter() - self._fit_start
+        # Only into a run folder that exists: an error at setup (a bad option) leaves none behind.
+        if trainer.is_global_zero and run_directory(trainer).is_dir():
+            status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+            self.write_summary(trainer, status, error=f"{type(exception).__name__}: {exception}")
+
+    def write_summary(self, trainer: pl.Trainer, status: str, error: str | None = None) -> Path:
+        """``summary.json`` beside ``metrics.csv`` and ``config.yaml``: what the sweep runner
+        and ``ctxlit.report`` read. Written whole (temp file + rename), never half."""
+        path = run_directory(trainer) / "summary.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.summary_record(trainer, status, error), indent=2) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    def summary_record(self, trainer: pl.Trainer, status: str, error: str | None = None) -> dict:
+        ckpt = trainer.checkpoint_callback
+        c = self.complexity
+        best = ckpt.best_model_score if ckpt is not None else None
+        return {
+            "status": status,  # finished | failed | interrupted
+            "error": error,
+            "task": type(trainer.lightning_module).__name__,
+            "metrics": scalar_metrics(trainer),  # the last logged value of every scalar
+            "monitor": ckpt.monitor if ckpt is not None else None,
+            "best": float(best) if best is not None else None,
+            "params": c.params if c else None,
+            "flops": c.flops if c else None,
+            "macs": c.macs if c else None,
+            "input_shape": list(c.input_shape[1:]) if c else None,
+            "images_per_sec": self.images_per_sec,
+            "train_images": self.images,
+            "train_seconds": self.seconds,
+            "wall_seconds": self.fit_seconds,
+            "epochs": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "best_checkpoint": (ckpt.best_model_path or None) if ckpt is not None else None,
+            "last_checkpoint": (ckpt.last_model_path or None) if ckpt is not None else None,
+            "wandb": wandb_run_info(trainer),
+        }
 
     def summary_text(self, trainer: pl.Trainer) -> str:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        metrics = scalar_metrics(trainer)
         lines = ["", "=" * 72, "ctxlit run summary", "-" * 72]
         ckpt = trainer.checkpoint_callback
         best = f", best {float(ckpt.best_model_score):.4f}" if ckpt and ckpt.best_model_score is not None else ""
@@ -146,14 +206,12 @@ class RunSummary(pl.Callback):
                          f"(over {self.images} images, all ranks)")
         lines.append(f"wall time             {self.fit_seconds:.1f} s, {trainer.current_epoch} epochs, "
                      f"{trainer.global_step} steps")
-        for logger in trainer.loggers:
-            if isinstance(logger, CSVLogger):
-                lines.append(f"CSV log               {Path(logger.log_dir) / 'metrics.csv'}")
-            elif isinstance(logger, WandbLogger):
-                run_dir = Path(logger.experiment.dir).parent if logger.experiment else None
-                mode = getattr(getattr(logger.experiment, "settings", None), "mode", "")
-                lines.append(f"W&B run               {run_dir} ({mode})"
-                             + (f"; upload later: wandb sync {run_dir}" if mode == "offline" else ""))
+        if any(isinstance(logger, CSVLogger) for logger in trainer.loggers):
+            lines.append(f"CSV log               {run_directory(trainer) / 'metrics.csv'}")
+        wandb_run = wandb_run_info(trainer)
+        if wandb_run is not None:
+            lines.append(f"W&B run               {wandb_run['dir']} ({wandb_run['mode']})"
+                         + (f"; upload later: wandb sync {wandb_run['dir']}" if wandb_run["mode"] == "offline" else ""))
         if ckpt is not None:
             if ckpt.best_model_path:
                 lines.append(f"best checkpoint       {ckpt.best_model_path}")
@@ -161,3 +219,29 @@ class RunSummary(pl.Callback):
                 lines.append(f"last checkpoint       {ckpt.last_model_path}")
         lines.append("=" * 72)
         return "\n".join(lines)
+
+
+def scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def run_directory(trainer: pl.Trainer) -> Path:
+    """Where this run's ``metrics.csv`` and ``config.yaml`` live: the CSV logger's folder, or
+    the first logger's (``trainer.default_root_dir`` without loggers). Rank-local: unlike
+    ``trainer.log_dir`` it broadcasts nothing, so it is safe in ``on_exception``."""
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger):
+            return Path(logger.log_dir)
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        return Path(getattr(logger, "log_dir", None) or logger.save_dir or trainer.default_root_dir)
+    return Path(trainer.default_root_dir)
+
+
+def wandb_run_info(trainer: pl.Trainer) -> dict | None:
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger.experiment:
+            run = logger.experiment
+            return {"id": run.id, "dir": str(Path(run.dir).parent), "group": run.group or None,
+                    "mode": getattr(getattr(run, "settings", None), "mode", "")}
+    return None

@@ -30,7 +30,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ctxlit.backbones import build_backbone
 from ctxlit.blocks import BLOCKS
-from ctxlit.tasks.optim import OptimizerName, build_optimizer, step_schedule, warmup_cosine
+from ctxlit.tasks.optim import OptimizerName, budgeted_warmup, build_optimizer, step_schedule, warmup_cosine
 
 #: A block registry name (built with its defaults), "none" for the baseline, or a block class
 #: given as ``class_path`` + ``init_args`` (the CLI turns it into ``channels -> module``).
@@ -67,7 +67,8 @@ class ClassificationTask(pl.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         optimizer: ``"sgd"`` (Nesterov off, momentum ``momentum``) or ``"adamw"``.
         lr: peak learning rate, reached after warmup.
-        warmup_epochs: linear warmup length in epochs (fractions allowed).
+        warmup_epochs: linear warmup length in epochs (fractions allowed), at most a tenth of
+            the run's steps (``optim.MAX_WARMUP_FRACTION``).
         min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
         use_class_weights: weight the loss by the data module's ``class_weights`` if it has them.
     """
@@ -157,5 +158,5 @@ class ClassificationTask(pl.LightningModule):
         # estimated_stepping_batches has loaded the train dataloader, so its length is known.
         per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
         per_epoch = per_epoch if math.isfinite(per_epoch) and per_epoch > 0 else total
-        warmup = min(total - 1, int(round(hp.warmup_epochs * per_epoch)))
+        warmup = budgeted_warmup(int(round(hp.warmup_epochs * per_epoch)), total)
         return step_schedule(opt, warmup_cosine(warmup, total, hp.min_lr_ratio))

@@ -41,6 +41,17 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr)
 
 
+#: Warm-up never takes more than this share of a run's optimizer steps, so a short sweep trial
+#: (one epoch with ``warmup_epochs: 1``) still spends most of its budget at full and decaying
+#: learning rate instead of ending at peak LR. The default run (64 of 640 steps) sits at the cap.
+MAX_WARMUP_FRACTION = 0.1
+
+
+def budgeted_warmup(requested_steps: int, total_steps: int) -> int:
+    """``requested_steps`` of warm-up, capped at ``MAX_WARMUP_FRACTION`` of ``total_steps``."""
+    return max(0, min(requested_steps, int(MAX_WARMUP_FRACTION * total_steps)))
+
+
 def with_warmup(decay: Callable[[float], float], warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """LR factor per step: linear from 1/(warmup+1) to 1 over ``warmup_steps``, then
     ``decay(t)`` with ``t`` going from 0 to 1 over the remaining steps (and staying at 1)."""

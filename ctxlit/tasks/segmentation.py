@@ -37,7 +37,7 @@ from ctxlit.backbones import build_backbone, load_weights
 from ctxlit.errors import ConfigError
 from ctxlit.heads import HEADS, FCNHead
 from ctxlit.tasks.classification import BlockArg, ClassificationTask, Placement
-from ctxlit.tasks.optim import OptimizerName, build_optimizer, step_schedule, warmup_poly
+from ctxlit.tasks.optim import OptimizerName, budgeted_warmup, build_optimizer, step_schedule, warmup_poly
 
 IGNORE_INDEX = 255
 
@@ -63,7 +63,8 @@ class SegmentationTask(pl.LightningModule):
         ohem_thresh: with a value, online hard example mining: only pixels whose predicted
             probability of their true class is below it count, but at least ``ohem_min_kept``.
         optimizer, lr, momentum, weight_decay: SGD (momentum) or AdamW at peak ``lr``.
-        warmup_steps: linear warmup (optimizer steps), then ``lr * (1 - t) ** poly_power``.
+        warmup_steps: linear warmup (optimizer steps, at most a tenth of the run), then
+            ``lr * (1 - t) ** poly_power``.
         sliding_window: evaluate on ``window``-sized crops every ``stride`` pixels, averaging
             the logits where they overlap, instead of on the whole image.
         flip: also evaluate the mirrored image and average the logits.
@@ -205,7 +206,7 @@ class SegmentationTask(pl.LightningModule):
         hp = self.hparams
         opt = build_optimizer(self, hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(max(total - 1, 0), hp.warmup_steps)
+        warmup = budgeted_warmup(hp.warmup_steps, total)
         return step_schedule(opt, warmup_poly(warmup, total, hp.poly_power))
 
 
