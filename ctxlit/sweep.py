@@ -1,0 +1,534 @@
+"""``python -m ctxlit.sweep validate|plan|run``: W&B sweep files checked, listed and run locally.
+
+The trials come from W&B's own sweep engine (the ``sweeps`` package, what the W&B server runs)
+and their command lines from wandb's own builder (``create_sweep_command_args``, what
+``wandb agent`` runs), so a sweep run here is the sweep the agent would run:
+
+    python -m ctxlit.sweep validate sweeps/*.yaml      # schema + every trial parsed as a config
+    python -m ctxlit.sweep plan sweeps/gcnet_ablation_synthetic.yaml
+    python -m ctxlit.sweep run sweeps/gcnet_ablation_synthetic.yaml --parallel 2
+
+``run`` needs no W&B server. Each trial runs in its own process with the environment the agent
+gives it (``WANDB_SWEEP_PARAM_PATH``: its parameters go into the run config) plus
+``WANDB_RUN_GROUP`` (the sweep's name) and ``CTXLIT_RUN_DIR``, so its CSV logs, checkpoints,
+``summary.json`` and W&B files land in ``runs/sweeps/<sweep>/<trial>/``. ``trial.json`` there
+records its parameters, command, status, metric and time. Running again resumes: finished trials
+are skipped, failed or interrupted ones start afresh. ``--parallel N`` runs N trials at once,
+each pinned to its own GPUs through ``CUDA_VISIBLE_DEVICES`` (one agent per GPU set, as W&B
+recommends); on CPU the slots are processes sharing the cores.
+
+This module reads sweep files and run folders and starts ``python -m ctxlit.fit``; it never
+imports a task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SWEEPS_ROOT = Path("runs") / "sweeps"
+#: What ``${interpreter}`` and ``${env}`` become in ``wandb agent`` (wandb/wandb_agent.py).
+AGENT_INTERPRETER = "python"
+AGENT_ENV = "/usr/bin/env"
+
+
+class SweepError(Exception):
+    """A sweep file or option that cannot be used; printed as one line, exit 2."""
+
+
+# -- the sweep file ----------------------------------------------------------------------------
+
+
+def load_sweep(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file not found: {path}")
+    try:
+        sweep = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SweepError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(sweep, dict):
+        raise SweepError(f"{path}: a sweep file is a mapping with method:, parameters: and command:")
+    return sweep
+
+
+def sweep_name(path: str | Path, sweep: dict) -> str:
+    return str(sweep.get("name") or Path(path).stem)
+
+
+def _engine():
+    # pydantic 2 warns about the sweeps package's v1-style config on import: not the user's concern.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import sweeps
+    return sweeps
+
+
+def schema_problems(sweep: dict) -> list[str]:
+    """W&B's schema violations, in W&B's words, plus ``value:`` holding a list (which the schema
+    accepts as a constant, where ``values:`` was almost always meant)."""
+    problems = list(_engine().schema_violations_from_proposed_config(sweep))
+    for key, spec in (sweep.get("parameters") or {}).items():
+        if isinstance(spec, dict) and isinstance(spec.get("value"), list):
+            problems.append(f"parameter {key!r} has `value:` with a list {spec['value']!r}: that is one constant "
+                            f"list for every trial; write `values:` to sweep over its items")
+    command = sweep.get("command")
+    if not (isinstance(command, list) and "${args_json_file}" in command and "ctxlit.fit" in command):
+        problems.append("command: must run `-m ctxlit.fit` and pass the parameters as `${args_json_file}` "
+                        "(see sweeps/synthetic_blocks.yaml); `${args}` renders None as a string typed options reject")
+    return problems
+
+
+def enumerate_trials(sweep: dict, count: int | None = None) -> list[dict]:
+    """A grid's trials in the engine's order (all, or the first ``count``); for random/bayes the
+    first ``count`` proposals with no results yet. Each trial is ``{dotted key: value}``."""
+    sweeps = _engine()
+    if sweep.get("method") == "grid":
+        runs = sweeps.next_runs(sweep, [], n=10**6)
+        trials = [run.config for run in runs if run is not None]
+    else:
+        if not count:
+            raise SweepError(f"method {sweep.get('method')!r} has no end: give --count N (or run_cap: in the file)")
+        trials, history = [], []
+        for _ in range(count):
+            run = sweeps.next_run(sweep, history)
+            if run is None:
+                break
+            run.state = sweeps.RunState.running
+            history.append(run)
+            trials.append(run.config)
+    trials = [{k: v["value"] for k, v in config.items()} for config in trials]
+    return trials[:count] if count else trials
+
+
+def agent_command(sweep: dict, params: dict, args_json_file: str) -> list[str]:
+    """The command line ``wandb agent`` builds for these parameters (wandb_agent._command_run)."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    macros = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    macros.update(interpreter=[AGENT_INTERPRETER], env=[AGENT_ENV], program=[str(sweep.get("program", ""))],
+                  args_json_file=[args_json_file])
+    line = []
+    for part in sweep_utils.create_sweep_command(list(sweep["command"])):
+        part = str(part)
+        if part.startswith("${") and part.endswith("}"):
+            line += macros.get(part[2:-1]) or []
+        else:
+            line.append(part)
+    return line
+
+
+def _fit_argv(command: list[str]) -> list[str]:
+    """What follows ``-m ctxlit.fit`` in a trial's command."""
+    return command[command.index("ctxlit.fit") + 1:]
+
+
+def parse_problem(sweep: dict, params: dict) -> str | None:
+    """Parse one trial as a ctxlit config (``--print_config``: nothing is built or written) and
+    check that every parameter landed on exactly its dotted key. ``None`` when it is fine."""
+    from ctxlit.fit import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args_file = Path(tmp) / "args.json"
+        args_file.write_text(json.dumps(params))
+        argv = _fit_argv(agent_command(sweep, params, str(args_file))) + ["--print_config"]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as stop:
+                code = stop.code
+    if code not in (0, None):
+        lines = [line for line in err.getvalue().strip().splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit code {code}"
+    printed = yaml.safe_load(out.getvalue())
+    for key, value in params.items():
+        node = printed
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return f"parameter {key!r} is not a config key (no {part!r} there)"
+            node = node[part]
+        if not _contains(value, node):
+            return f"parameter {key!r}: set to {value!r} but the config has {node!r}"
+    return None
+
+
+def _contains(expected, actual) -> bool:
+    """``expected`` appears in ``actual``, which may also list defaults it did not set."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(_contains(v, actual.get(k)) for k, v in expected.items())
+    return expected == actual
+
+
+def validate(path: str | Path, count: int = 3) -> list[str]:
+    sweep = load_sweep(path)
+    problems = schema_problems(sweep)
+    if problems:
+        return problems
+    n = None if sweep.get("method") == "grid" else count
+    for i, params in enumerate(enumerate_trials(sweep, n)):
+        problem = parse_problem(sweep, params)
+        if problem:
+            problems.append(f"trial {i} {json.dumps(params)}: {problem}")
+    return problems
+
+
+# -- running trials ----------------------------------------------------------------------------
+
+
+@dataclass
+class Trial:
+    index: int
+    params: dict
+    dir: Path
+    status: str = "pending"  # pending | running | finished | failed | interrupted
+    metric: float | None = None
+    seconds: float | None = None
+    error: str | None = None
+    command: list[str] = field(default_factory=list)
+
+    @property
+    def record_path(self) -> Path:
+        return self.dir / "trial.json"
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        record = {k: getattr(self, k) for k in ("index", "params", "status", "metric", "seconds", "error", "command")}
+        tmp = self.dir / ".trial.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, self.record_path)
+
+
+def load_trial(path: Path) -> Trial | None:
+    try:
+        record = json.loads(path.read_text())
+        return Trial(dir=path.parent, **record)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def trial_env(sweep: dict, name: str, trial: Trial, devices: list[int] | None, threads: int | None) -> dict:
+    """The agent's environment for one trial, offline unless the user chose a W&B mode."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SERVICE", "WANDB_RUN_ID", "PL_GLOBAL_SEED")}
+    env.setdefault("WANDB_MODE", "offline")
+    env["WANDB_RUN_GROUP"] = name
+    env["WANDB_NAME"] = f"{name}/{trial.dir.name}"
+    env["WANDB_SWEEP_PARAM_PATH"] = str(trial.dir / "sweep-params.yaml")
+    env["CTXLIT_RUN_DIR"] = str(trial.dir)
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def metric_of(trial_dir: Path, metric: str | None) -> float | None:
+    try:
+        summary = json.loads((trial_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = summary.get("metrics", {}).get(metric) if metric else None
+    return float(value) if value is not None else None
+
+
+class Runner:
+    def __init__(self, path: str | Path, parallel: int = 1, devices_per_trial: int = 1, count: int | None = None,
+                 root: Path = SWEEPS_ROOT, quiet: bool = False) -> None:
+        self.path = Path(path)
+        self.sweep = load_sweep(path)
+        problems = schema_problems(self.sweep)
+        if problems:
+            raise SweepError(f"{path}: " + "; ".join(problems))
+        if parallel < 1 or devices_per_trial < 1:
+            raise SweepError("--parallel and --devices-per-trial must be at least 1")
+        self.name = sweep_name(path, self.sweep)
+        self.dir = Path(root) / self.name
+        self.parallel, self.devices_per_trial = parallel, devices_per_trial
+        self.count = count or self.sweep.get("run_cap")
+        self.metric = (self.sweep.get("metric") or {}).get("name")
+        self.goal = (self.sweep.get("metric") or {}).get("goal", "maximize")
+        self.quiet = quiet
+        self.slots = self._slot_devices()
+        self.running: dict[int, tuple[subprocess.Popen, Trial, float]] = {}
+        self.trials: list[Trial] = []
+        self._stopping = False
+
+    def _slot_devices(self) -> list[list[int] | None]:
+        """GPU ids per slot (``None``: CPU). Needs parallel x devices-per-trial visible GPUs."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        try:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        except Exception:  # noqa: BLE001  (no CUDA runtime: CPU slots)
+            gpus = 0
+        if gpus == 0:
+            return [None] * self.parallel
+        need = self.parallel * self.devices_per_trial
+        if need > gpus:
+            raise SweepError(f"--parallel {self.parallel} x --devices-per-trial {self.devices_per_trial} = {need} GPUs, "
+                             f"but {gpus} are visible")
+        ids = [int(i) for i in visible.split(",")] if visible else list(range(gpus))
+        k = self.devices_per_trial
+        return [ids[i * k:(i + 1) * k] for i in range(self.parallel)]
+
+    # -- the trial list ---------------------------------------------------------------------
+
+    def _trial(self, index: int, params: dict) -> Trial:
+        trial_dir = self.dir / f"trial-{index:03d}"
+        old = load_trial(trial_dir / "trial.json")
+        if old is not None and old.status == "finished" and old.params == params:
+            return old
+        return Trial(index=index, params=params, dir=trial_dir)
+
+    def _grid_trials(self) -> list[Trial]:
+        return [self._trial(i, p) for i, p in enumerate(enumerate_trials(self.sweep, self.count))]
+
+    def _next_proposal(self) -> Trial | None:
+        """random/bayes: the engine's next proposal given every trial so far and its metric."""
+        sweeps = _engine()
+        states = {"finished": sweeps.RunState.finished, "running": sweeps.RunState.running,
+                  "failed": sweeps.RunState.failed, "interrupted": sweeps.RunState.killed}
+        history = [sweeps.SweepRun(name=t.dir.name, config={k: {"value": v} for k, v in t.params.items()},
+                                   state=states.get(t.status, sweeps.RunState.pending),
+                                   summary_metrics={self.metric: t.metric} if t.metric is not None else {})
+                   for t in self.trials]
+        run = sweeps.next_run(self.sweep, history)
+        if run is None:
+            return None
+        return Trial(index=len(self.trials), params={k: v["value"] for k, v in run.config.items()},
+                     dir=self.dir / f"trial-{len(self.trials):03d}")
+
+    # -- one trial ---------------------------------------------------------------------------
+
+    def _start(self, trial: Trial, slot: int) -> None:
+        if trial.dir.exists():  # an interrupted or failed attempt: start afresh, keep nothing of it
+            shutil.rmtree(trial.dir)
+        trial.dir.mkdir(parents=True)
+        from wandb.sdk.lib import config_util
+
+        config_util.save_config_file_from_dict(str(trial.dir / "sweep-params.yaml"),
+                                               {k: {"value": v} for k, v in trial.params.items()})
+        args_file = trial.dir / "sweep-args.json"
+        args_file.write_text(json.dumps(trial.params))
+        trial.command = agent_command(self.sweep, trial.params, str(args_file))
+        trial.status, trial.error, trial.metric = "running", None, None
+        trial.save()
+        argv = [sys.executable if part == AGENT_INTERPRETER and i <= 1 else part
+                for i, part in enumerate(trial.command)]
+        threads = max(1, (os.cpu_count() or 1) // self.parallel) if self.slots[slot] is None else None
+        env = trial_env(self.sweep, self.name, trial, self.slots[slot], threads)
+        log = (trial.dir / "output.log").open("w")
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        log.close()
+        self.running[slot] = (proc, trial, time.monotonic())
+
+    def _finish(self, slot: int, code: int) -> Trial:
+        proc, trial, started = self.running.pop(slot)
+        trial.seconds = round(time.monotonic() - started, 1)
+        trial.metric = metric_of(trial.dir, self.metric)
+        if code == 0:
+            trial.status = "finished"
+        elif self._stopping:
+            trial.status = "interrupted"
+        else:
+            trial.status = "failed"
+            trial.error = last_error_line(trial.dir / "output.log") or f"exit code {code}"
+        trial.save()
+        return trial
+
+    def stop(self, *_) -> None:
+        """SIGTERM/SIGINT: stop every running trial (its whole process group) and exit."""
+        self._stopping = True
+        for proc, _, _ in self.running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> list[Trial]:
+        from tqdm import tqdm
+
+        grid = self.sweep.get("method") == "grid"
+        if not grid and not self.count:
+            raise SweepError(f"method {self.sweep['method']!r} has no end: give --count N (or run_cap: in the file)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if grid:
+            self.trials = self._grid_trials()
+            todo = [t for t in self.trials if t.status != "finished"]
+        else:
+            self.trials = self._previous_trials()
+            todo = [t for t in self.trials if t.status != "finished"]
+        total = len(self.trials) if grid else self.count
+        done = sum(t.status == "finished" for t in self.trials)
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, self.stop), signal.SIGINT: signal.signal(signal.SIGINT, self.stop)}
+        bar = tqdm(total=total, initial=done, desc=self.name, unit="trial", disable=self.quiet, file=sys.stderr)
+        try:
+            while not self._stopping:
+                free = [s for s in range(self.parallel) if s not in self.running]
+                for slot in free:
+                    trial = todo.pop(0) if todo else None
+                    if trial is None and not grid and len(self.trials) < self.count:
+                        trial = self._next_proposal()
+                        if trial is not None:
+                            self.trials.append(trial)
+                    if trial is None:
+                        break
+                    self._start(trial, slot)
+                if not self.running:
+                    break
+                time.sleep(0.2)
+                for slot, (proc, _, _) in list(self.running.items()):
+                    code = proc.poll()
+                    if code is not None:
+                        trial = self._finish(slot, code)
+                        bar.update(1)
+                        bar.set_postfix_str(f"{trial.dir.name} {trial.status}")
+            for slot, (proc, _, _) in list(self.running.items()):  # stopping: reap, mark interrupted
+                self._finish(slot, proc.wait())
+        finally:
+            bar.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self.write_table()
+        return self.trials
+
+    def _previous_trials(self) -> list[Trial]:
+        trials = []
+        for path in sorted(self.dir.glob("trial-*/trial.json")):
+            trial = load_trial(path)
+            if trial is not None:
+                trials.append(trial)
+        return trials[: self.count]
+
+    # -- the table ---------------------------------------------------------------------------
+
+    def write_table(self) -> Path:
+        """``trials.csv`` and ``trials.md`` in the sweep folder; the Markdown is also printed."""
+        keys = varying_keys([t.params for t in self.trials])
+        header = ["trial", *keys, "status", self.metric or "metric", "seconds"]
+        rows = [[t.dir.name, *[short(t.params.get(k)) for k in keys], t.status,
+                 "" if t.metric is None else f"{t.metric:.4f}", "" if t.seconds is None else f"{t.seconds:.0f}"]
+                for t in self.trials]
+        with (self.dir / "trials.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        failed = [t for t in self.trials if t.status == "failed"]
+        lines += [""] + [f"{t.dir.name} failed: {t.error}" for t in failed]
+        (self.dir / "trials.md").write_text("\n".join(lines) + "\n")
+        if not self.quiet:
+            print("\n".join(lines))
+            print(f"[ctxlit] table: {self.dir / 'trials.md'} and trials.csv")
+        return self.dir / "trials.md"
+
+
+def varying_keys(params: list[dict]) -> list[str]:
+    keys = []
+    for key in dict.fromkeys(k for p in params for k in p):
+        if len({json.dumps(p.get(key), sort_keys=True) for p in params}) > 1:
+            keys.append(key)
+    return keys
+
+
+def short(value) -> str:
+    """A parameter value for a table cell: a block spec reads as ``GlobalContext(fusion=mul)``."""
+    if isinstance(value, dict) and "class_path" in value:
+        args = ", ".join(f"{k}={v}" for k, v in (value.get("init_args") or {}).items())
+        return f"{value['class_path'].rsplit('.', 1)[-1]}({args})"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def last_error_line(log: Path) -> str | None:
+    """The error a failed trial printed: ctxlit's ``error: ...`` line, else a traceback's last."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("error:") or "Error:" in line or "Error" == line.split(":")[0][-5:]:
+            return line
+    return lines[-1] if lines else None
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ctxlit.sweep", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_validate = sub.add_parser("validate", help="check sweep files: W&B's schema, then every trial as a ctxlit config")
+    p_validate.add_argument("files", nargs="+")
+    p_validate.add_argument("--count", type=int, default=3, help="random/bayes: how many proposals to parse (3)")
+    p_plan = sub.add_parser("plan", help="the numbered trials as the command lines the agent runs")
+    p_plan.add_argument("file")
+    p_plan.add_argument("--count", type=int, help="random/bayes: how many (grids list every trial)")
+    p_run = sub.add_parser("run", help="run the trials here, no W&B server needed")
+    p_run.add_argument("file")
+    p_run.add_argument("--parallel", type=int, default=1, help="trials at once, each on its own GPUs (1)")
+    p_run.add_argument("--devices-per-trial", type=int, default=1, help="GPUs visible to each trial (1)")
+    p_run.add_argument("--count", type=int, help="at most this many trials (random/bayes: required)")
+    p_run.add_argument("--root", default=str(SWEEPS_ROOT), help=f"where sweep folders go ({SWEEPS_ROOT})")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "validate":
+            return _validate(args.files, args.count)
+        if args.command == "plan":
+            return _plan(args.file, args.count)
+        runner = Runner(args.file, args.parallel, args.devices_per_trial, args.count, Path(args.root))
+        trials = runner.run()
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if runner._stopping:
+        return 143
+    return 0 if all(t.status == "finished" for t in trials) else 1
+
+
+def _validate(files: list[str], count: int) -> int:
+    bad = 0
+    for path in files:
+        problems = validate(path, count)
+        if problems:
+            bad += 1
+            print(f"{path}: {len(problems)} problem(s)")
+            for problem in problems:
+                print(f"  {problem}")
+        else:
+            print(f"{path}: ok ({len(enumerate_trials(load_sweep(path), None if load_sweep(path).get('method') == 'grid' else count))} trials parsed)")
+    return 1 if bad else 0
+
+
+def _plan(path: str, count: int | None) -> int:
+    sweep = load_sweep(path)
+    problems = schema_problems(sweep)
+    if problems:
+        raise SweepError(f"{path}: " + "; ".join(problems))
+    name = sweep_name(path, sweep)
+    trials = enumerate_trials(sweep, count)
+    for i, params in enumerate(trials):
+        args_file = f"{SWEEPS_ROOT / name / f'trial-{i:03d}' / 'sweep-args.json'}"
+        print(f"{i:3d}  {json.dumps(params)}")
+        print(f"     {' '.join(agent_command(sweep, params, args_file))}")
+    print(f"{len(trials)} trials")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

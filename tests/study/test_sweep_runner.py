@@ -1,0 +1,183 @@
+"""``python -m ctxlit.sweep``: sweep files validated by W&B's schema and our CLI, trials planned by
+W&B's engine with the agent's command lines, and run locally: parallel, resumable, one W&B run
+and one run folder per trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ctxlit import sweep as sweep_cli
+from tests.conftest import TINY
+
+ROOT = Path(__file__).parents[2]
+SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
+DEFAULT = str(ROOT / "experiments" / "synthetic" / "default.yaml")
+COMMAND = ["${env}", "${interpreter}", "-m", "ctxlit.fit", "--config", DEFAULT, "--config", "${args_json_file}"]
+
+
+def tiny_constants() -> dict:
+    """TINY as sweep constants, plus a 3-step budget."""
+    constants = {}
+    for flag in TINY:
+        key, value = flag[2:].split("=", 1)
+        value = yaml.safe_load(value)
+        # A list constant is written `values: [[...]]`: `value: [...]` is flagged as a likely typo.
+        constants[key] = {"values": [value]} if isinstance(value, list) else {"value": value}
+    constants["trainer.max_steps"] = {"value": 3}
+    return constants
+
+
+def write_sweep(path: Path, blocks: list, **extra) -> Path:
+    sweep = {"name": "tiny", "method": "grid", "metric": {"name": "val/acc1", "goal": "maximize"},
+             "parameters": {"model.init_args.block": {"values": blocks}, **tiny_constants()},
+             "command": COMMAND, **extra}
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_every_sweep_file_validates(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert sweep_cli.validate(path) == []
+    header = path.read_text().splitlines()[0]
+    assert header.startswith("# "), "a sweep file opens with the question it answers"
+
+
+def test_gcnet_synthetic_plan_is_the_8_cells_and_the_baseline_per_seed():
+    sweep = sweep_cli.load_sweep(ROOT / "sweeps" / "gcnet_ablation_synthetic.yaml")
+    trials = sweep_cli.enumerate_trials(sweep)
+    assert len(trials) == 27
+    configs = {}
+    for t in trials:
+        block = t["model.init_args.block"]
+        cell = "none" if block == "none" else tuple(block["init_args"][k] for k in ("pooling", "fusion", "layernorm"))
+        configs.setdefault(cell, []).append(t["seed_everything"])
+    assert set(configs) == {"none"} | {(p, f, ln) for p in ("att", "avg") for f in ("add", "mul") for ln in (True, False)}
+    assert all(sorted(seeds) == [0, 1, 2] for seeds in configs.values())
+
+
+def test_plan_prints_the_agents_command_lines(capsys):
+    assert sweep_cli.main(["plan", str(ROOT / "sweeps" / "gcnet_ablation_synthetic.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().endswith("27 trials")
+    assert ("/usr/bin/env python -m ctxlit.fit --config experiments/synthetic/default.yaml --config "
+            "runs/sweeps/gcnet-ablation-synthetic/trial-000/sweep-args.json") in out
+
+
+def test_agent_command_is_wandbs_rendering():
+    sweep = {"command": ["${env}", "${interpreter}", "${program}", "${args}"], "program": "train.py"}
+    assert sweep_cli.agent_command(sweep, {"a.b": 1, "c": None}, "x.json") == [
+        "/usr/bin/env", "python", "train.py", "--a.b=1", "--c=None"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update(method="grod"), "'grod' is not one of"),
+    (lambda s: s.update(paramters=s.pop("parameters")), "'paramters' was unexpected"),
+    (lambda s: s["parameters"].update({"model.init_args.blok": {"value": "gc"}}), "blok"),
+    (lambda s: s["parameters"].update({"trainer.max_epoch": {"value": 3}}), "max_epoch"),
+    (lambda s: s["parameters"].update({"model.init_args.lr": {"value": [0.1, 0.2]}}), "write `values:`"),
+    (lambda s: s["parameters"].update({"model.init_args.block": {"values": ["bogus"]}}), "bogus"),
+    (lambda s: s.update(command=["${env}", "${interpreter}", "-m", "ctxlit.fit", "${args}"]), "${args_json_file}"),
+])
+def test_broken_sweeps_are_rejected_naming_the_problem(edit, message, tmp_path, capsys):
+    sweep = yaml.safe_load(write_sweep(tmp_path / "s.yaml", ["none"]).read_text())
+    edit(sweep)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    assert sweep_cli.main(["validate", str(tmp_path / "s.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "problem" in out and message in out, out
+
+
+def test_missing_sweep_file_is_one_error(tmp_path, capsys):
+    assert sweep_cli.main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: sweep file not found: {tmp_path / 'nope.yaml'}"
+
+
+def runner_env(offline_env) -> dict:
+    return {k: v for k, v in offline_env.items() if k != "WANDB_SERVICE"}
+
+
+def trial_records(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("trial-*/trial.json"))}
+
+
+@pytest.mark.slow
+def test_run_in_parallel_stop_and_resume(tmp_path, offline_env):
+    """Three trials, two at a time; SIGTERM after the first finishes; the re-run completes the
+    rest without repeating it. A bad block value fails alone, with its error line."""
+    path = write_sweep(tmp_path / "tiny.yaml", ["none", "se", {"class_path": "ctxlit.blocks.GlobalContext",
+                                                               "init_args": {"fusion": "bogus"}}])
+    argv = [sys.executable, "-m", "ctxlit.sweep", "run", str(path), "--parallel", "2"]
+    env = runner_env(offline_env)
+    sweep_dir = tmp_path / "runs" / "sweeps" / "tiny"
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if any(r["status"] in ("finished", "failed") for r in trial_records(sweep_dir).values()):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    first = trial_records(sweep_dir)
+    done_first = {name for name, r in first.items() if r["status"] == "finished"}
+    assert all(r["status"] in ("finished", "failed", "interrupted") for r in first.values()), first
+    first_ids = {name: json.loads((sweep_dir / name / "summary.json").read_text())["wandb"]["id"] for name in done_first}
+
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 1, result.stderr[-2000:]  # one trial fails by design
+    records = trial_records(sweep_dir)
+    assert [records[n]["status"] for n in ("trial-000", "trial-001", "trial-002")] == ["finished", "finished", "failed"]
+    assert "fusion" in records["trial-002"]["error"] and "bogus" in records["trial-002"]["error"]
+    for name in ("trial-000", "trial-001"):
+        trial = sweep_dir / name
+        assert {"metrics.csv", "config.yaml", "summary.json", "checkpoints"} <= {p.name for p in trial.iterdir()}
+        runs = list((trial / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs  # nothing duplicated by the stop and the re-run
+        summary = json.loads((trial / "summary.json").read_text())
+        assert summary["wandb"]["group"] == "tiny"
+        assert records[name]["metric"] == pytest.approx(summary["metrics"]["val/acc1"])
+        assert (trial / "metrics.csv").read_text().count("\n") > 1
+    for name in done_first:  # finished before the stop: not run again
+        assert json.loads((sweep_dir / name / "summary.json").read_text())["wandb"]["id"] == first_ids[name]
+    table = (sweep_dir / "trials.md").read_text()
+    assert "| trial | model.init_args.block | status | val/acc1 | seconds |" in table
+    assert "SqueezeExcite" not in table and "| se |" in table and "trial-002 failed:" in table
+    assert (sweep_dir / "trials.csv").read_text().count("\n") == 4
+
+
+@pytest.mark.slow
+def test_a_ddp_trial_under_the_agents_environment_makes_one_wandb_run(tmp_path, offline_env):
+    """2-process CPU DDP with WANDB_SWEEP_ID/WANDB_RUN_ID set as the agent sets them, offline."""
+    params = {k: v["values"][0] if "values" in v else v["value"] for k, v in tiny_constants().items()}
+    params.update({"model.init_args.block": "se", "trainer.accelerator": "cpu", "trainer.devices": 2,
+                   "trainer.strategy": "ddp", "model.init_args.lr": 0.05})
+    args_file = tmp_path / "config-abc123.json"
+    args_file.write_text(json.dumps(params))
+    from wandb.sdk.lib import config_util
+
+    param_path = tmp_path / "config-abc123.yaml"
+    config_util.save_config_file_from_dict(str(param_path), {k: {"value": v} for k, v in params.items()})
+    env = runner_env(offline_env)
+    env.update(WANDB_MODE="offline", WANDB_SWEEP_ID="sw33p", WANDB_RUN_ID="abc123",
+               WANDB_SWEEP_PARAM_PATH=str(param_path), CTXLIT_RUN_DIR=str(tmp_path / "trial"))
+    command = sweep_cli.agent_command({"command": COMMAND}, params, str(args_file))
+    command[1] = sys.executable
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "trial" / "wandb").glob("*run-*"))
+    assert [r.name.endswith("abc123") for r in runs] == [True], runs
+    # The run's config holds the trial's parameters (from WANDB_SWEEP_PARAM_PATH) under their dotted keys.
+    data = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"model.init_args.lr", b"trainer.strategy"):
+        assert key in data, key
+    assert json.loads((tmp_path / "trial" / "summary.json").read_text())["wandb"]["id"] == "abc123"
