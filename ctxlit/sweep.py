@@ -455,16 +455,20 @@ def short(value) -> str:
     return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
-def last_error_line(log: Path) -> str | None:
-    """The error a failed trial printed: ctxlit's ``error: ...`` line, else a traceback's last."""
+def last_error_line(log: Path, limit: int = 2000) -> str | None:
+    """The error a failed trial printed: ctxlit's ``error: ...`` message (with the lines of a
+    multi-line parser error after it), else the last line of a traceback."""
     try:
         lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return None
-    for line in reversed(lines):
-        if line.startswith("error:") or "Error:" in line or "Error" == line.split(":")[0][-5:]:
-            return line
-    return lines[-1] if lines else None
+    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    if starts:
+        message = lines[starts[-1]]
+        if message.endswith(":"):
+            message = " ".join(lines[starts[-1]:])
+        return message[:limit]
+    return lines[-1][:limit] if lines else None
 
 
 # -- command line ------------------------------------------------------------------------------

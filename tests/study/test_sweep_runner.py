@@ -29,6 +29,8 @@ def tiny_constants() -> dict:
     constants = {}
     for flag in TINY:
         key, value = flag[2:].split("=", 1)
+        if key == "model.init_args.backbone_options.width":
+            continue  # an entry of a dict option: a command-line flag only, not a config-file key
         value = yaml.safe_load(value)
         # A list constant is written `values: [[...]]`: `value: [...]` is flagged as a likely typo.
         constants[key] = {"values": [value]} if isinstance(value, list) else {"value": value}
