@@ -175,17 +175,18 @@ def _contains(expected, actual) -> bool:
     return expected == actual
 
 
-def validate(path: str | Path, count: int = 3) -> list[str]:
+def validate(path: str | Path, count: int = 3) -> tuple[list[str], int]:
+    """The file's problems, and how many trials were parsed (all of a grid, else ``count``)."""
     sweep = load_sweep(path)
     problems = schema_problems(sweep)
     if problems:
-        return problems
-    n = None if sweep.get("method") == "grid" else count
-    for i, params in enumerate(enumerate_trials(sweep, n)):
+        return problems, 0
+    trials = enumerate_trials(sweep, None if sweep.get("method") == "grid" else count)
+    for i, params in enumerate(trials):
         problem = parse_problem(sweep, params)
         if problem:
             problems.append(f"trial {i} {json.dumps(params)}: {problem}")
-    return problems
+    return problems, len(trials)
 
 
 # -- running trials ----------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def load_trial(path: Path) -> Trial | None:
         return None
 
 
-def trial_env(sweep: dict, name: str, trial: Trial, devices: list[int] | None, threads: int | None) -> dict:
+def trial_env(name: str, trial: Trial, devices: list[int] | None, threads: int | None) -> dict:
     """The agent's environment for one trial, offline unless the user chose a W&B mode."""
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SERVICE", "WANDB_RUN_ID", "PL_GLOBAL_SEED")}
     env.setdefault("WANDB_MODE", "offline")
@@ -261,7 +262,6 @@ class Runner:
         self.parallel, self.devices_per_trial = parallel, devices_per_trial
         self.count = count or self.sweep.get("run_cap")
         self.metric = (self.sweep.get("metric") or {}).get("name")
-        self.goal = (self.sweep.get("metric") or {}).get("goal", "maximize")
         self.quiet = quiet
         self.slots = self._slot_devices()
         self.running: dict[int, tuple[subprocess.Popen, Trial, float]] = {}
@@ -332,7 +332,7 @@ class Runner:
         argv = [sys.executable if part == AGENT_INTERPRETER and i <= 1 else part
                 for i, part in enumerate(trial.command)]
         threads = max(1, (os.cpu_count() or 1) // self.parallel) if self.slots[slot] is None else None
-        env = trial_env(self.sweep, self.name, trial, self.slots[slot], threads)
+        env = trial_env(self.name, trial, self.slots[slot], threads)
         log = (trial.dir / "output.log").open("w")
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -369,12 +369,8 @@ class Runner:
         if not grid and not self.count:
             raise SweepError(f"method {self.sweep['method']!r} has no end: give --count N (or run_cap: in the file)")
         self.dir.mkdir(parents=True, exist_ok=True)
-        if grid:
-            self.trials = self._grid_trials()
-            todo = [t for t in self.trials if t.status != "finished"]
-        else:
-            self.trials = self._previous_trials()
-            todo = [t for t in self.trials if t.status != "finished"]
+        self.trials = self._grid_trials() if grid else self._previous_trials()
+        todo = [t for t in self.trials if t.status != "finished"]
         total = len(self.trials) if grid else self.count
         done = sum(t.status == "finished" for t in self.trials)
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, self.stop), signal.SIGINT: signal.signal(signal.SIGINT, self.stop)}
@@ -508,14 +504,14 @@ def main(argv: list[str] | None = None) -> int:
 def _validate(files: list[str], count: int) -> int:
     bad = 0
     for path in files:
-        problems = validate(path, count)
+        problems, parsed = validate(path, count)
         if problems:
             bad += 1
             print(f"{path}: {len(problems)} problem(s)")
             for problem in problems:
                 print(f"  {problem}")
         else:
-            print(f"{path}: ok ({len(enumerate_trials(load_sweep(path), None if load_sweep(path).get('method') == 'grid' else count))} trials parsed)")
+            print(f"{path}: ok ({parsed} trials parsed)")
     return 1 if bad else 0
 
 

@@ -49,7 +49,8 @@ def write_sweep(path: Path, blocks: list, **extra) -> Path:
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
 def test_every_sweep_file_validates(path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert sweep_cli.validate(path) == []
+    problems, parsed = sweep_cli.validate(path)
+    assert problems == [] and parsed == len(sweep_cli.enumerate_trials(sweep_cli.load_sweep(path)))
     header = path.read_text().splitlines()[0]
     assert header.startswith("# "), "a sweep file opens with the question it answers"
 
