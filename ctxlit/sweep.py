@@ -15,7 +15,9 @@ gives it (``WANDB_SWEEP_PARAM_PATH``: its parameters go into the run config) plu
 records its parameters, command, status, metric and time. Running again resumes: finished trials
 are skipped, failed or interrupted ones start afresh. ``--parallel N`` runs N trials at once,
 each pinned to its own GPUs through ``CUDA_VISIBLE_DEVICES`` (one agent per GPU set, as W&B
-recommends); on CPU the slots are processes sharing the cores.
+recommends); on CPU the slots are processes sharing the cores. A sweep with ``early_terminate:``
+(hyperband) has its running trials judged every few seconds by W&B's own ``stop_runs`` on their
+metric histories (metrics.csv), and the ones it names are stopped: status ``stopped``, done.
 
 This module reads sweep files and run folders and starts ``python -m ctxlit.fit``; it never
 imports a task.
@@ -79,6 +81,14 @@ def _engine():
     return sweeps
 
 
+def _next_run(sweep: dict, history: list):
+    """The engine's next proposal; bayes' Gaussian-process fit warns about converging on few
+    results, which says nothing the user can act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _engine().next_run(sweep, history)
+
+
 def schema_problems(sweep: dict) -> list[str]:
     """W&B's schema violations, in W&B's words, plus ``value:`` holding a list (which the schema
     accepts as a constant, where ``values:`` was almost always meant)."""
@@ -106,7 +116,7 @@ def enumerate_trials(sweep: dict, count: int | None = None) -> list[dict]:
             raise SweepError(f"method {sweep.get('method')!r} has no end: give --count N (or run_cap: in the file)")
         trials, history = [], []
         for _ in range(count):
-            run = sweeps.next_run(sweep, history)
+            run = _next_run(sweep, history)
             if run is None:
                 break
             run.state = sweeps.RunState.running
@@ -138,9 +148,9 @@ def _fit_argv(command: list[str]) -> list[str]:
     return command[command.index("ctxlit.fit") + 1:]
 
 
-def parse_problem(sweep: dict, params: dict) -> str | None:
-    """Parse one trial as a ctxlit config (``--print_config``: nothing is built or written) and
-    check that every parameter landed on exactly its dotted key. ``None`` when it is fine."""
+def trial_config(sweep: dict, params: dict) -> dict:
+    """The full config one trial runs with, parsed by ctxlit's own CLI (``--print_config``:
+    nothing is built or written). A config the CLI rejects raises SweepError with its message."""
     from ctxlit.fit import main
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,15 +158,26 @@ def parse_problem(sweep: dict, params: dict) -> str | None:
         args_file.write_text(json.dumps(params))
         argv = _fit_argv(agent_command(sweep, params, str(args_file))) + ["--print_config"]
         out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # LightningCLI warns when given args while sys.argv has others (this command's own).
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             try:
                 code = main(argv)
             except SystemExit as stop:
                 code = stop.code
     if code not in (0, None):
         lines = [line for line in err.getvalue().strip().splitlines() if line.strip()]
-        return lines[-1] if lines else f"exit code {code}"
-    printed = yaml.safe_load(out.getvalue())
+        raise SweepError(lines[-1] if lines else f"exit code {code}")
+    return yaml.safe_load(out.getvalue())
+
+
+def parse_problem(sweep: dict, params: dict) -> str | None:
+    """Parse one trial as a ctxlit config and check that every parameter landed on exactly its
+    dotted key. ``None`` when it is fine."""
+    try:
+        printed = trial_config(sweep, params)
+    except SweepError as err:
+        return str(err)
     for key, value in params.items():
         node = printed
         for part in key.split("."):
@@ -192,12 +213,19 @@ def validate(path: str | Path, count: int = 3) -> tuple[list[str], int]:
 # -- running trials ----------------------------------------------------------------------------
 
 
+#: A trial that needs no re-run: it ran to its end, or hyperband stopped it early (W&B's
+#: early_terminate) and its metric so far is its result.
+DONE = ("finished", "stopped")
+#: How often (seconds) running trials' metric histories are shown to hyperband.
+EARLY_TERMINATE_EVERY = 5.0
+
+
 @dataclass
 class Trial:
     index: int
     params: dict
     dir: Path
-    status: str = "pending"  # pending | running | finished | failed | interrupted
+    status: str = "pending"  # pending | running | finished | stopped | failed | interrupted
     metric: float | None = None
     seconds: float | None = None
     error: str | None = None
@@ -239,12 +267,31 @@ def trial_env(name: str, trial: Trial, devices: list[int] | None, threads: int |
 
 
 def metric_of(trial_dir: Path, metric: str | None) -> float | None:
+    """The trial's final metric (summary.json), else the last value it logged (metrics.csv)."""
     try:
         summary = json.loads((trial_dir / "summary.json").read_text())
+        value = summary.get("metrics", {}).get(metric) if metric else None
     except (OSError, ValueError):
-        return None
-    value = summary.get("metrics", {}).get(metric) if metric else None
+        value = None
+    if value is None and metric:
+        history = metric_history(trial_dir, metric)
+        value = history[-1][metric] if history else None
     return float(value) if value is not None else None
+
+
+def metric_history(trial_dir: Path, metric: str) -> list[dict]:
+    """``[{metric: value}, ...]``, one per time the trial logged it (its validations), read from
+    the CSV log that Lightning rewrites at every logging step: what W&B's history holds."""
+    try:
+        with (trial_dir / "metrics.csv").open(newline="") as f:
+            values = [row.get(metric) for row in csv.DictReader(f)]
+    except OSError:
+        return []
+    history = []
+    for value in values:
+        with contextlib.suppress(TypeError, ValueError):
+            history.append({metric: float(value)})
+    return history
 
 
 class Runner:
@@ -267,6 +314,8 @@ class Runner:
         self.running: dict[int, tuple[subprocess.Popen, Trial, float]] = {}
         self.trials: list[Trial] = []
         self._stopping = False
+        self._early_stopped: set[str] = set()  # trial folder names hyperband stopped
+        self._last_early_check = 0.0
 
     def _slot_devices(self) -> list[list[int] | None]:
         """GPU ids per slot (``None``: CPU). Needs parallel x devices-per-trial visible GPUs."""
@@ -292,7 +341,7 @@ class Runner:
     def _trial(self, index: int, params: dict) -> Trial:
         trial_dir = self.dir / f"trial-{index:03d}"
         old = load_trial(trial_dir / "trial.json")
-        if old is not None and old.status == "finished" and old.params == params:
+        if old is not None and old.status in DONE and old.params == params:
             return old
         return Trial(index=index, params=params, dir=trial_dir)
 
@@ -302,13 +351,14 @@ class Runner:
     def _next_proposal(self) -> Trial | None:
         """random/bayes: the engine's next proposal given every trial so far and its metric."""
         sweeps = _engine()
-        states = {"finished": sweeps.RunState.finished, "running": sweeps.RunState.running,
-                  "failed": sweeps.RunState.failed, "interrupted": sweeps.RunState.killed}
+        states = {"finished": sweeps.RunState.finished, "stopped": sweeps.RunState.finished,
+                  "running": sweeps.RunState.running, "failed": sweeps.RunState.failed,
+                  "interrupted": sweeps.RunState.killed}
         history = [sweeps.SweepRun(name=t.dir.name, config={k: {"value": v} for k, v in t.params.items()},
                                    state=states.get(t.status, sweeps.RunState.pending),
                                    summary_metrics={self.metric: t.metric} if t.metric is not None else {})
                    for t in self.trials]
-        run = sweeps.next_run(self.sweep, history)
+        run = _next_run(self.sweep, history)
         if run is None:
             return None
         return Trial(index=len(self.trials), params={k: v["value"] for k, v in run.config.items()},
@@ -343,7 +393,9 @@ class Runner:
         proc, trial, started = self.running.pop(slot)
         trial.seconds = round(time.monotonic() - started, 1)
         trial.metric = metric_of(trial.dir, self.metric)
-        if code == 0:
+        if trial.dir.name in self._early_stopped:
+            trial.status = "stopped"
+        elif code == 0:
             trial.status = "finished"
         elif self._stopping:
             trial.status = "interrupted"
@@ -352,6 +404,31 @@ class Runner:
             trial.error = last_error_line(trial.dir / "output.log") or f"exit code {code}"
         trial.save()
         return trial
+
+    def runs_to_stop(self) -> list[Trial]:
+        """The running trials W&B's hyperband (``early_terminate:``) stops now, judged as the
+        server judges them: on every trial's metric history so far."""
+        sweeps = _engine()
+        states = {"running": sweeps.RunState.running, "finished": sweeps.RunState.finished,
+                  "stopped": sweeps.RunState.finished}
+        started = [t for t in self.trials if t.status in states]
+        runs = [sweeps.SweepRun(name=t.dir.name, state=states[t.status], history=metric_history(t.dir, self.metric),
+                                config={k: {"value": v} for k, v in t.params.items()})
+                for t in started]
+        stop = {run.name for run in sweeps.stop_runs(self.sweep, runs)}
+        return [t for t in started if t.status == "running" and t.dir.name in stop]
+
+    def _early_terminate(self) -> None:
+        if not self.sweep.get("early_terminate") or time.monotonic() - self._last_early_check < EARLY_TERMINATE_EVERY:
+            return
+        self._last_early_check = time.monotonic()
+        for trial in self.runs_to_stop():
+            if trial.dir.name in self._early_stopped:
+                continue
+            self._early_stopped.add(trial.dir.name)
+            proc = next(p for p, t, _ in self.running.values() if t is trial)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
 
     def stop(self, *_) -> None:
         """SIGTERM/SIGINT: stop every running trial (its whole process group) and exit."""
@@ -370,9 +447,9 @@ class Runner:
             raise SweepError(f"method {self.sweep['method']!r} has no end: give --count N (or run_cap: in the file)")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.trials = self._grid_trials() if grid else self._previous_trials()
-        todo = [t for t in self.trials if t.status != "finished"]
+        todo = [t for t in self.trials if t.status not in DONE]
         total = len(self.trials) if grid else self.count
-        done = sum(t.status == "finished" for t in self.trials)
+        done = sum(t.status in DONE for t in self.trials)
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, self.stop), signal.SIGINT: signal.signal(signal.SIGINT, self.stop)}
         bar = tqdm(total=total, initial=done, desc=self.name, unit="trial", disable=self.quiet, file=sys.stderr)
         try:
@@ -390,6 +467,7 @@ class Runner:
                 if not self.running:
                     break
                 time.sleep(0.2)
+                self._early_terminate()
                 for slot, (proc, _, _) in list(self.running.items()):
                     code = proc.poll()
                     if code is not None:
@@ -498,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if runner._stopping:
         return 143
-    return 0 if all(t.status == "finished" for t in trials) else 1
+    return 0 if all(t.status in DONE for t in trials) else 1
 
 
 def _validate(files: list[str], count: int) -> int:
