@@ -160,7 +160,10 @@ def test_run_in_parallel_stop_and_resume(tmp_path, offline_env):
 
 @pytest.mark.slow
 def test_a_ddp_trial_under_the_agents_environment_makes_one_wandb_run(tmp_path, offline_env):
-    """2-process CPU DDP with WANDB_SWEEP_ID/WANDB_RUN_ID set as the agent sets them, offline."""
+    """2-process CPU DDP with WANDB_SWEEP_ID/WANDB_RUN_ID set as the agent sets them, offline,
+    by the agent that sweeps/slurm_agent.sbatch starts on the second node of an allocation: its
+    SLURM variables say task 1 of 2, and the job name ``interactive`` leaves the trial's
+    node-local DDP to Lightning's own launcher (rank 0 is this node's first process)."""
     params = {k: v["values"][0] if "values" in v else v["value"] for k, v in tiny_constants().items()}
     params.update({"model.init_args.block": "se", "trainer.accelerator": "cpu", "trainer.devices": 2,
                    "trainer.strategy": "ddp", "model.init_args.lr": 0.05})
@@ -172,7 +175,9 @@ def test_a_ddp_trial_under_the_agents_environment_makes_one_wandb_run(tmp_path, 
     config_util.save_config_file_from_dict(str(param_path), {k: {"value": v} for k, v in params.items()})
     env = runner_env(offline_env)
     env.update(WANDB_MODE="offline", WANDB_SWEEP_ID="sw33p", WANDB_RUN_ID="abc123",
-               WANDB_SWEEP_PARAM_PATH=str(param_path), CTXLIT_RUN_DIR=str(tmp_path / "trial"))
+               WANDB_SWEEP_PARAM_PATH=str(param_path), CTXLIT_RUN_DIR=str(tmp_path / "trial"),
+               SLURM_JOB_ID="77", SLURM_JOB_NAME="interactive", SLURM_NNODES="2", SLURM_NTASKS="2",
+               SLURM_NTASKS_PER_NODE="1", SLURM_PROCID="1", SLURM_NODEID="1", SLURM_LOCALID="0")
     command = sweep_cli.agent_command({"command": COMMAND}, params, str(args_file))
     command[1] = sys.executable
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
