@@ -4,7 +4,8 @@ Models and data modules are chosen by ``class_path`` (subclass mode), so every o
 dotted key: ``--model.init_args.lr=0.05``, ``--data.init_args.batch_size=64``. The data
 module's ``num_classes`` is linked into the model, so no number is typed twice. Every fit
 also gets a best/last checkpoint (``--checkpoint.*``), a run summary (printed, and written as
-``summary.json`` beside ``metrics.csv``), and a validation at its last step.
+``summary.json`` beside ``metrics.csv``), a validation at its last step, and, with
+``--attention.every_n_epochs=N``, its blocks' attention drawn every N validations.
 
 Two environment variables place a run inside a study, so the command line stays exactly the
 one ``wandb agent`` runs (``python -m ctxlit.sweep`` sets both):
@@ -25,6 +26,7 @@ from pytorch_lightning.cli import LightningCLI
 
 import ctxlit.blocks  # noqa: F401  (block classes resolvable by short name, e.g. GlobalContext)
 from ctxlit.errors import CtxlitError
+from ctxlit.tasks.attention_maps import AttentionMaps
 from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary, ValidateAtLastStep
 
 
@@ -46,6 +48,8 @@ class CtxlitCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(RunSummary, "summary")
+        # --attention.every_n_epochs=N: the blocks' attention drawn every N validations (0: off)
+        parser.add_lightning_class_args(AttentionMaps, "attention")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:

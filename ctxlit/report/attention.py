@@ -1,0 +1,145 @@
+"""Attention figures from what the runs recorded: the AttentionMaps callback's
+``<run dir>/attention/epoch-NNN/maps.pt`` (the same validation images every time).
+
+- *Context maps*: per group, the deepest block's map(s) on one validation image: Non-local's
+  map at each query position beside GC's (or SNL's) one pooling map, which is GCNet's point:
+  the Non-local maps look alike whatever the query, so one query-independent map suffices.
+- *SK branch weights*: per stage, the mean weight of each kernel branch (SKNet's Fig. 3).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ctxlit.report.figures import png  # noqa: E402
+from ctxlit.report.runs import Group, Run  # noqa: E402
+from ctxlit.report.study import Study  # noqa: E402
+
+#: Block classes whose maps are pictures over the image, and how many panels each gets at most.
+SPATIAL = {"NonLocal": 8, "GlobalContext": 1, "SimplifiedNonLocal": 1, "GloRe": 4}
+IMAGE_INDEX = 0
+
+
+def latest_maps(run: Run) -> tuple[dict, Path] | None:
+    files = sorted((run.dir / "attention").glob("epoch-*/maps.pt"))
+    if not files:
+        return None
+    import torch
+
+    try:
+        return torch.load(files[-1], map_location="cpu", weights_only=True), files[-1]
+    except Exception:  # noqa: BLE001  (a damaged file: leave the figure out, not the report)
+        return None
+
+
+def _group_maps(group: Group) -> tuple[dict, Path] | None:
+    for run in group.runs:  # the lowest seed that recorded anything
+        found = latest_maps(run)
+        if found is not None:
+            return found
+    return None
+
+
+def _deepest(record: dict) -> tuple[str, str] | None:
+    """(module name, class) of the last spatial block in the network's order."""
+    spatial = [(name, kind) for name, kind in record["kinds"].items() if kind in SPATIAL]
+    return spatial[-1] if spatial else None
+
+
+def _show_image(ax, image) -> None:
+    image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
+    low, high = image.min(), image.max()
+    ax.imshow(((image - low) / (high - low + 1e-12)).permute(1, 2, 0).numpy(), interpolation="nearest")
+
+
+def context_maps(study: Study) -> tuple[bytes, str] | None:
+    rows = []
+    for group in study.groups:
+        found = _group_maps(group)
+        if found is None:
+            continue
+        record, path = found
+        chosen = _deepest(record)
+        if chosen is not None:
+            rows.append((group, record, chosen, path))
+    if not rows:
+        return None
+    width = 1 + max(min(SPATIAL[kind], record["maps"][name].shape[1]) for _, record, (name, kind), _ in rows)
+    image_h, image_w = rows[0][1]["images"].shape[-2:]
+    cell = 2.4 * image_w / max(image_h, image_w)
+    fig, axes = plt.subplots(len(rows), width, figsize=(cell * width, 2.0 * len(rows) * image_h / image_w + 0.6),
+                             squeeze=False)
+    for r, (group, record, (name, kind), path) in enumerate(rows):
+        image = record["images"][IMAGE_INDEX]
+        _show_image(axes[r][0], image)
+        axes[r][0].set_ylabel(group.label, fontsize=7, rotation=0, ha="right", va="center")
+        value = record["maps"][name][IMAGE_INDEX]
+        count = min(SPATIAL[kind], value.shape[0])
+        for c in range(1, width):
+            ax = axes[r][c]
+            if c > count:
+                ax.axis("off")
+                continue
+            ax.imshow(value[c - 1].numpy(), cmap="viridis", interpolation="nearest",
+                      extent=(0, image.shape[-1], image.shape[-2], 0))
+            title = f"{kind} {name.split('.plugins')[0].replace('network.', '')}"
+            if kind == "NonLocal":
+                qy, qx = record["queries"][c - 1]
+                ax.plot(qx * (image.shape[-1] - 1), qy * (image.shape[-2] - 1), "r+", markersize=8, mew=2)
+                title = f"NL query ({qy:.2f}, {qx:.2f})"
+            elif kind == "GloRe":
+                title = f"GloRe node {c - 1}"
+            ax.set_title(title, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    epochs = sorted({int(record["epoch"]) for _, record, _, _ in rows})
+    caption = (f"attention of each group's deepest context block on validation image {IMAGE_INDEX} "
+               f"(epoch {', '.join(map(str, epochs))}; lowest seed): Non-local per query (red +), "
+               f"GC/SNL's single pooling map")
+    return png(fig), caption
+
+
+def sk_branch_weights(study: Study) -> tuple[bytes, str] | None:
+    """Mean branch weight per stage (over images, channels and the stage's SK convs)."""
+    series = []
+    for group in study.groups:
+        found = _group_maps(group)
+        if found is None:
+            continue
+        record, _ = found
+        by_stage: dict[str, list] = defaultdict(list)
+        for name, kind in record["kinds"].items():
+            if kind == "SelectiveKernelConv":
+                stage = next((p for p in name.split(".") if p.startswith("layer")), name)
+                by_stage[stage].append(record["maps"][name].mean(dim=(0, 2)))  # (M,)
+        if by_stage:
+            series.append((group, {s: [float(x) for x in sum(ws) / len(ws)] for s, ws in by_stage.items()}))
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.2), squeeze=False)
+    for ax, (group, weights) in zip(axes[0], series):
+        stages = sorted(weights)
+        branches = len(next(iter(weights.values())))
+        step = 0.8 / branches
+        for b in range(branches):
+            ax.bar([i + b * step for i in range(len(stages))], [weights[s][b] for s in stages], width=step,
+                   label=f"branch {b} ({'3x3' if b == 0 else f'3x3 dilation {b + 1}'})")
+        ax.set_xticks([i + 0.4 - step / 2 for i in range(len(stages))], stages)
+        ax.set(ylim=(0, 1), ylabel="mean branch weight", title=group.label)
+        ax.legend(fontsize=7)
+    return png(fig), "Selective Kernel: mean branch weight per stage (softmax over branches; lowest seed)"
+
+
+def attention_figures(studies: list[Study]) -> dict[str, list[tuple[bytes, str]]]:
+    figures: dict[str, list[tuple[bytes, str]]] = {}
+    for study in studies:
+        made = [f for f in (context_maps(study), sk_branch_weights(study)) if f is not None]
+        if made:
+            figures[study.task] = made
+    return figures
