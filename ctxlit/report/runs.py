@@ -147,6 +147,8 @@ def find_runs(inputs: list[str]) -> list[Run]:
         if not matches:
             raise ReportError(f"{item}: matches nothing")
         for match in map(Path, matches):
+            if not match.exists():
+                raise ReportError(f"{match}: no such folder")
             if not match.is_dir():
                 raise ReportError(f"{match}: not a folder (a run folder holds config.yaml, metrics.csv, summary.json)")
             if (match / "config.yaml").is_file():
