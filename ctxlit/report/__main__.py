@@ -41,16 +41,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", help="with --wandb: the runs of this sweep id")
     p.add_argument("--group", help="with --wandb: the runs of this W&B group (a sweep run here: its name)")
     p.add_argument("--spec", help="with --wandb: where the offline spec goes (default wandb-report.json)")
+    p.add_argument("--publish", metavar="SPEC", help="save a spec that --wandb wrote offline to W&B")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.publish:
+            from ctxlit.report.wandb_report import publish_spec
+
+            return publish_spec(Path(args.publish))
         if args.wandb:
             from ctxlit.report.wandb_report import publish
 
-            return publish(args.wandb, sweep=args.sweep, group=args.group, metric=args.metric,
+            return publish(args.wandb, sweep=args.sweep, group=args.group, runs=args.runs, metric=args.metric,
                            title=args.title, spec_path=Path(args.spec or "wandb-report.json"))
         if args.sweep or args.group:
             raise ReportError("--sweep and --group choose runs on W&B: give them with --wandb ENTITY/PROJECT")
