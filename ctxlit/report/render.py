@@ -23,6 +23,9 @@ def table(study: Study) -> tuple[list[str], list[list[str]]]:
     if study.baseline is not None:
         header.append("Δ vs baseline ± s.e.")
     header += ["params (M)", "GFLOPs", "images/s"]
+    base_speed = study.baseline.cost("images_per_sec") if study.baseline is not None else None
+    if base_speed:
+        header.append("images/s × baseline")
     rows = []
     for group in study.groups:
         shown = shown_knobs(group.knobs)
@@ -36,6 +39,8 @@ def table(study: Study) -> tuple[list[str], list[list[str]]]:
                          "" if delta is None else f"{delta.mean:+.4f}" + ("" if delta.se is None else f" ± {delta.se:.4f}"))
         params, flops, speed = group.cost("params"), group.cost("flops"), group.cost("images_per_sec")
         cells += [_num(params and params / 1e6, 3), _num(flops and flops / 1e9, 4), _num(speed, 0)]
+        if base_speed:
+            cells.append(_num(speed and speed / base_speed, 2))
         rows.append(cells)
     return header, rows
 

@@ -4,6 +4,7 @@ metrics.csv, its grouping, its Δ, its bad-input errors."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import statistics
 from pathlib import Path
@@ -45,6 +46,10 @@ def test_numbers_are_the_runs_own_and_runs_differing_in_seed_are_one_group(study
     assert by_block["none"]["Δ vs baseline ± s.e."] == "baseline"
     assert by_block["GlobalContext"]["Δ vs baseline ± s.e."] == f"{delta:+.4f} ± {se:.4f}"
     assert float(by_block["none"]["params (M)"]) < float(by_block["GlobalContext"]["params (M)"])
+    speed = {name: statistics.fmean(json.loads((study_runs / "study" / f"{name}-seed{s}" / "summary.json").read_text())
+                                    ["images_per_sec"] for s in (0, 1)) for name in ("none", "gc")}
+    assert by_block["GlobalContext"]["images/s × baseline"] == f"{speed['gc'] / speed['none']:.2f}"
+    assert by_block["none"]["images/s × baseline"] == "1.00"
 
 
 def test_groups_differ_in_everything_but_the_seed(study_runs):
