@@ -46,6 +46,14 @@ def _group_maps(group: Group) -> tuple[dict, Path] | None:
     return None
 
 
+def _recorded(study: Study):
+    """(group, maps record, its file) for every group with recorded attention."""
+    for group in study.groups:
+        found = _group_maps(group)
+        if found is not None:
+            yield group, *found
+
+
 def _deepest(record: dict) -> tuple[str, str] | None:
     """(module name, class) of the last spatial block in the network's order."""
     spatial = [(name, kind) for name, kind in record["kinds"].items() if kind in SPATIAL]
@@ -60,11 +68,7 @@ def _show_image(ax, image) -> None:
 
 def context_maps(study: Study) -> tuple[bytes, str] | None:
     rows = []
-    for group in study.groups:
-        found = _group_maps(group)
-        if found is None:
-            continue
-        record, path = found
+    for group, record, path in _recorded(study):
         chosen = _deepest(record)
         if chosen is not None:
             rows.append((group, record, chosen, path))
@@ -108,11 +112,7 @@ def context_maps(study: Study) -> tuple[bytes, str] | None:
 def sk_branch_weights(study: Study) -> tuple[bytes, str] | None:
     """Mean branch weight per stage (over images, channels and the stage's SK convs)."""
     series = []
-    for group in study.groups:
-        found = _group_maps(group)
-        if found is None:
-            continue
-        record, _ = found
+    for group, record, _ in _recorded(study):
         by_stage: dict[str, list] = defaultdict(list)
         for name, kind in record["kinds"].items():
             if kind == "SelectiveKernelConv":

@@ -119,6 +119,8 @@ class Run:
 
 
 def load_run(path: Path) -> Run:
+    if not (path / "config.yaml").exists() and (path / "trial.json").exists():
+        return _unstarted_trial(path)
     try:
         config = yaml.safe_load((path / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -137,6 +139,18 @@ def load_run(path: Path) -> Run:
     return Run(dir=path, config=flatten(config), summary=summary, rows=rows)
 
 
+def _unstarted_trial(path: Path) -> Run:
+    """A sweep trial that stopped before its run began (a config the CLI rejected): no config,
+    only the runner's record, so the report can list it as incomplete."""
+    try:
+        record = json.loads((path / "trial.json").read_text())
+    except (OSError, ValueError):
+        record = {}
+    status = record.get("status") or "unknown"
+    return Run(dir=path, config={}, summary={"status": f"{status} before the run started", "error": record.get("error")},
+               rows=[])
+
+
 def find_runs(inputs: list[str]) -> list[Run]:
     """Runs named by ``inputs``: run folders, folders holding runs (a sweep's), or globs."""
     if not inputs:
@@ -151,10 +165,11 @@ def find_runs(inputs: list[str]) -> list[Run]:
                 raise ReportError(f"{match}: no such folder")
             if not match.is_dir():
                 raise ReportError(f"{match}: not a folder (a run folder holds config.yaml, metrics.csv, summary.json)")
-            if (match / "config.yaml").is_file():
+            if (match / "config.yaml").is_file() or (match / "trial.json").is_file():
                 folders.append(match)
                 continue
-            inside = sorted(p.parent for p in match.rglob("config.yaml") if "wandb" not in p.parts)
+            inside = sorted({p.parent for name in ("config.yaml", "trial.json") for p in match.rglob(name)
+                             if "wandb" not in p.relative_to(match).parts})
             if not inside:
                 raise ReportError(f"{match}: not a run folder (no config.yaml) and holds no runs")
             folders.extend(inside)

@@ -47,9 +47,16 @@ def goal_of(runs: list[Run], metric: str) -> str:
 def build_studies(runs: list[Run], metric: str | None = None) -> list[Study]:
     """One study per task (classification and segmentation are never mixed)."""
     by_task: dict[str, list[Run]] = {}
+    unstarted = [run for run in runs if not run.config]  # its task is unknown: listed in every study
     for run in runs:
-        by_task.setdefault(run.task, []).append(run)
-    return [_study(task, task_runs, metric) for task, task_runs in by_task.items()]
+        if run.config:
+            by_task.setdefault(run.task, []).append(run)
+    if not by_task:
+        raise ReportError(f"no run here got as far as starting: {', '.join(str(r.dir) for r in unstarted)}")
+    studies = [_study(task, task_runs, metric) for task, task_runs in by_task.items()]
+    for study in studies:
+        study.incomplete += [(run, run.incomplete_reason(study.metric)) for run in unstarted]
+    return studies
 
 
 def _study(task: str, runs: list[Run], metric: str | None) -> Study:

@@ -116,3 +116,16 @@ def test_html_is_one_file_with_every_picture_inline(study_runs, tmp_path):
     assert images == text.count("<img ") >= 5  # bars, 2 cost scatters, curves, attention
     assert "deepest context block on validation image 0" in text
     assert oct(out.stat().st_mode & 0o777) != "0o600"
+
+
+def test_a_sweep_trial_that_never_started_is_listed_incomplete(study_runs, tmp_path, capsys):
+    from ctxlit.sweep import Trial
+
+    Trial(index=7, params={"model.init_args.block": "bogus"}, dir=tmp_path / "sweep" / "trial-007",
+          status="failed", error="error: model.init_args.block: unknown block 'bogus'").save()
+    assert main([str(study_runs / "study"), str(tmp_path / "sweep"), "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert (f"incomplete, left out: {tmp_path / 'sweep' / 'trial-007'} (status failed before the run started: "
+            f"error: model.init_args.block: unknown block 'bogus')") in out
+    assert main([str(tmp_path / "sweep")]) == 2
+    assert "no run here got as far as starting" in capsys.readouterr().err
