@@ -68,18 +68,18 @@ def _show_image(ax, image) -> None:
 
 def context_maps(study: Study) -> tuple[bytes, str] | None:
     rows = []
-    for group, record, path in _recorded(study):
+    for group, record, _ in _recorded(study):
         chosen = _deepest(record)
         if chosen is not None:
-            rows.append((group, record, chosen, path))
+            rows.append((group, record, chosen))
     if not rows:
         return None
-    width = 1 + max(min(SPATIAL[kind], record["maps"][name].shape[1]) for _, record, (name, kind), _ in rows)
+    width = 1 + max(min(SPATIAL[kind], record["maps"][name].shape[1]) for _, record, (name, kind) in rows)
     image_h, image_w = rows[0][1]["images"].shape[-2:]
     cell = 2.4 * image_w / max(image_h, image_w)
     fig, axes = plt.subplots(len(rows), width, figsize=(cell * width, 2.0 * len(rows) * image_h / image_w + 0.6),
                              squeeze=False)
-    for r, (group, record, (name, kind), path) in enumerate(rows):
+    for r, (group, record, (name, kind)) in enumerate(rows):
         image = record["images"][IMAGE_INDEX]
         _show_image(axes[r][0], image)
         axes[r][0].set_ylabel(group.label, fontsize=7, rotation=0, ha="right", va="center")
@@ -102,7 +102,7 @@ def context_maps(study: Study) -> tuple[bytes, str] | None:
             ax.set_title(title, fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
-    epochs = sorted({int(record["epoch"]) for _, record, _, _ in rows})
+    epochs = sorted({int(record["epoch"]) for _, record, _ in rows})
     caption = (f"attention of each group's deepest context block on validation image {IMAGE_INDEX} "
                f"(epoch {', '.join(map(str, epochs))}; lowest seed): Non-local per query (red +), "
                f"GC/SNL's single pooling map")
