@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from ctxlit.report import __doc__ as DOC
+from ctxlit.report.render import write_atomically
 from ctxlit.report.runs import ReportError, find_runs
 from ctxlit.report.study import build_studies
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """All of the file or none of it: written beside its place, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def parser() -> argparse.ArgumentParser:

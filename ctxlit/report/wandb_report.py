@@ -24,9 +24,9 @@ import socket
 import sys
 from enum import Enum
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pydantic import BaseModel
-from urllib.parse import urlparse
 
 from ctxlit.report.runs import ReportError, find_runs
 from ctxlit.report.study import build_studies
@@ -167,7 +167,7 @@ def publish(target: str, sweep: str | None, group: str | None, runs: list[str], 
     report, workspace = build(target, sweep, group, runs, metric, title)
     ok, why = online()
     if not ok:
-        from ctxlit.report.__main__ import write_atomically
+        from ctxlit.report.render import write_atomically
 
         write_atomically(spec_path, json.dumps(spec_of(report, workspace), indent=1) + "\n")
         print(f"[ctxlit] offline ({why}): nothing sent. The W&B report and workspace spec is in {spec_path};\n"
