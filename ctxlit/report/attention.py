@@ -1,5 +1,7 @@
 """Attention figures from what the runs recorded: the AttentionMaps callback's
-``<run dir>/attention/epoch-NNN/maps.pt`` (the same validation images every time).
+``<run dir>/attention/epoch-NNN/maps.pt`` (the same validation images every time), or, for a run
+that recorded none, from its last checkpoint on its first validation images
+(:func:`ctxlit.tasks.attention_maps.checkpoint_maps`).
 
 - *Context maps*: per group, the deepest block's map(s) on one validation image: Non-local's
   map at each query position beside GC's (or SNL's) one pooling map, which is GCNet's point:
@@ -9,6 +11,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,20 +29,40 @@ SPATIAL = {"NonLocal": 8, "GlobalContext": 1, "SimplifiedNonLocal": 1, "GloRe": 
 IMAGE_INDEX = 0
 
 
-def latest_maps(run: Run) -> tuple[dict, Path] | None:
-    files = sorted((run.dir / "attention").glob("epoch-*/maps.pt"))
-    if not files:
-        return None
+def latest_maps(run: Run) -> dict | None:
+    """The run's attention record: the latest one the callback wrote, else one computed from the
+    run's last checkpoint on the same validation images (the task rebuilt from the checkpoint's
+    hyper-parameters). None when there is neither, or it cannot be read; the reason goes to stderr."""
     import torch
 
+    files = sorted((run.dir / "attention").glob("epoch-*/maps.pt"))
     try:
-        return torch.load(files[-1], map_location="cpu", weights_only=True), files[-1]
-    except Exception:  # noqa: BLE001  (a damaged file: leave the figure out, not the report)
+        if files:
+            return torch.load(files[-1], map_location="cpu", weights_only=True)
+        checkpoint = run_checkpoint(run)
+        if checkpoint is None:
+            return None
+        from ctxlit.tasks.attention_maps import checkpoint_maps
+
+        return checkpoint_maps(checkpoint)
+    except Exception as error:  # noqa: BLE001  (a damaged file or absent dataset: leave the figure out)
+        print(f"[ctxlit] report: no attention figure for {run.dir}: {type(error).__name__}: "
+              f"{str(error).splitlines()[0] if str(error) else ''}", file=sys.stderr)
         return None
 
 
-def _group_maps(group: Group) -> tuple[dict, Path] | None:
-    for run in group.runs:  # the lowest seed that recorded anything
+def run_checkpoint(run: Run) -> Path | None:
+    """``checkpoints/last.ckpt`` in the run folder, else the one its summary names (relative to the
+    folder the run was started in, the working directory, or absolute)."""
+    candidates = [run.dir / "checkpoints" / "last.ckpt"]
+    named = run.summary.get("last_checkpoint")
+    if named:
+        candidates += [Path(named), Path.cwd() / named]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _group_maps(group: Group) -> dict | None:
+    for run in group.runs:  # the lowest seed that has a record or a checkpoint
         found = latest_maps(run)
         if found is not None:
             return found
@@ -47,11 +70,11 @@ def _group_maps(group: Group) -> tuple[dict, Path] | None:
 
 
 def _recorded(study: Study):
-    """(group, maps record, its file) for every group with recorded attention."""
+    """(group, maps record) for every group with recorded attention or a checkpoint."""
     for group in study.groups:
         found = _group_maps(group)
         if found is not None:
-            yield group, *found
+            yield group, found
 
 
 def _deepest(record: dict) -> tuple[str, str] | None:
@@ -68,7 +91,7 @@ def _show_image(ax, image) -> None:
 
 def context_maps(study: Study) -> tuple[bytes, str] | None:
     rows = []
-    for group, record, _ in _recorded(study):
+    for group, record in _recorded(study):
         chosen = _deepest(record)
         if chosen is not None:
             rows.append((group, record, chosen))
@@ -103,16 +126,17 @@ def context_maps(study: Study) -> tuple[bytes, str] | None:
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
     epochs = sorted({int(record["epoch"]) for _, record, _ in rows})
+    sources = sorted({"last checkpoint" if "checkpoint" in record else "recorded in training" for _, record, _ in rows})
     caption = (f"attention of each group's deepest context block on validation image {IMAGE_INDEX} "
-               f"(epoch {', '.join(map(str, epochs))}; lowest seed): Non-local per query (red +), "
-               f"GC/SNL's single pooling map")
+               f"(epoch {', '.join(map(str, epochs))}, {' / '.join(sources)}; lowest seed): "
+               f"Non-local per query (red +), GC/SNL's single pooling map")
     return png(fig), caption
 
 
 def sk_branch_weights(study: Study) -> tuple[bytes, str] | None:
     """Mean branch weight per stage (over images, channels and the stage's SK convs)."""
     series = []
-    for group, record, _ in _recorded(study):
+    for group, record in _recorded(study):
         by_stage: dict[str, list] = defaultdict(list)
         for name, kind in record["kinds"].items():
             if kind == "SelectiveKernelConv":

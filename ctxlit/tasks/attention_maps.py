@@ -8,8 +8,9 @@ into ``<run dir>/attention/epoch-NNN/``:
 - ``<block>.png``: one row per image, the image then the block's map(s) beside it, each map
   resized (nearest) to the image and scaled to its own min..max with viridis, whose lightness
   rises with the value (so the brightest pixel is the map's argmax);
-- ``maps.pt``: the images and the raw maps (``{"images", "maps", "queries", "epoch", "step"}``),
-  which ``python -m ctxlit.report`` draws from.
+- ``maps.pt``: the images and the raw maps (``{"images", "maps", "kinds", "queries", "epoch",
+  "step"}``), which ``python -m ctxlit.report`` draws from. For a run that recorded none, the
+  report computes the same record from the run's last checkpoint (:func:`checkpoint_maps`).
 
 The same picture goes to W&B as ``attention/<block>`` (``WandbLogger.log_image``). What is drawn
 per block: GC/SNL the pooling weights; Non-local one map per query position (marked); GloRe the
@@ -20,6 +21,7 @@ weights (branches x channels) as strips. Local Relation's k x k weights per pixe
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,42 +136,76 @@ class AttentionMaps(pl.Callback):
     def _fixed_images(self, trainer: pl.Trainer) -> torch.Tensor:
         if self._images is None:
             loaders = trainer.val_dataloaders
-            loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-            taken = []
-            for batch in loader:
-                taken.append(batch[0] if isinstance(batch, (list, tuple)) else batch)
-                if sum(len(b) for b in taken) >= self.num_images:
-                    break
-            self._images = torch.cat(taken)[: self.num_images].cpu()
+            self._images = first_images(loaders[0] if isinstance(loaders, (list, tuple)) else loaders,
+                                        self.num_images)
         return self._images
 
     @rank_zero_only
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path:
         from ctxlit.tasks.callbacks import run_directory
 
-        images = self._fixed_images(trainer)
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad(), trainer.precision_plugin.forward_context(), \
-                record_attention(pl_module, self.queries) as maps:
-            pl_module(images.to(pl_module.device))
-        pl_module.train(was_training)
-        maps = {name: value.cpu() for name, value in maps.items()}
-        kinds = {name: type(m).__name__ for name, m in pl_module.named_modules() if name in maps}
+        with trainer.precision_plugin.forward_context():
+            record = record_maps(pl_module, self._fixed_images(trainer), self.queries)
+        record.update(epoch=trainer.current_epoch, step=trainer.global_step)
         folder = run_directory(trainer) / "attention" / f"epoch-{trainer.current_epoch:03d}"
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save({"images": images, "maps": maps, "kinds": kinds, "queries": self.queries,
-                    "epoch": trainer.current_epoch, "step": trainer.global_step}, folder / "maps.pt")
+        torch.save(record, folder / "maps.pt")
         drawn = {}
-        for name, value in maps.items():
-            picture = draw(images, value, kinds[name], self.queries)
+        for name, value in record["maps"].items():
+            picture = draw(record["images"], value, record["kinds"][name], self.queries)
             if picture is not None:
                 from PIL import Image
 
                 Image.fromarray(picture).save(folder / f"{name}.png")
                 drawn[name] = picture
+        kinds = record["kinds"]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and drawn:
                 logger.log_image(key="attention", images=list(drawn.values()), step=trainer.global_step,
                                  caption=[f"{n} ({kinds[n]}), epoch {trainer.current_epoch}" for n in drawn])
         return folder
+
+
+def first_images(loader, num_images: int) -> torch.Tensor:
+    """The first ``num_images`` inputs a (validation) loader yields, on the CPU."""
+    taken = []
+    for batch in loader:
+        taken.append(batch[0] if isinstance(batch, (list, tuple)) else batch)
+        if sum(len(b) for b in taken) >= num_images:
+            break
+    return torch.cat(taken)[:num_images].cpu()
+
+
+def record_maps(module: torch.nn.Module, images: torch.Tensor, queries: list[tuple[float, float]]) -> dict:
+    """One eval-mode forward of ``images`` with the blocks recording: the record ``maps.pt``
+    holds, less ``epoch`` and ``step``: ``{"images", "maps", "kinds", "queries"}``."""
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    with torch.no_grad(), record_attention(module, queries) as maps:
+        module(images.to(device))
+    module.train(was_training)
+    maps = {name: value.cpu() for name, value in maps.items()}
+    kinds = {name: type(m).__name__ for name, m in module.named_modules() if name in maps}
+    return {"images": images, "maps": maps, "kinds": kinds, "queries": list(queries)}
+
+
+def checkpoint_maps(checkpoint: str | Path, num_images: int = 4,
+                    queries: list[tuple[float, float]] | None = None) -> dict:
+    """The record of :func:`record_maps` for a run's checkpoint: its task and data module rebuilt
+    from the hyper-parameters the checkpoint holds (only ctxlit's own classes: Lightning refuses
+    classes that are not imported), the first ``num_images`` validation images, on the CPU.
+    ``epoch`` and ``step`` are the checkpoint's. Raises what loading or the data module raises
+    (e.g. a dataset root that is not on this machine)."""
+    import ctxlit.data  # noqa: F401  (the classes a ctxlit checkpoint may name)
+    import ctxlit.tasks  # noqa: F401
+
+    with warnings.catch_warnings():  # Lightning's own instantiator calls a deprecated jsonargparse API
+        warnings.filterwarnings("ignore", message=r"(?s).*(instantiate_classes|JsonargparseDeprecationWarning)")
+        module = pl.LightningModule.load_from_checkpoint(checkpoint, map_location="cpu")
+        data = pl.LightningDataModule.load_from_checkpoint(checkpoint)
+    data.setup("validate")
+    record = record_maps(module, first_images(data.val_dataloader(), num_images), queries or list(DEFAULT_QUERIES))
+    header = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    record.update(epoch=header.get("epoch", -1), step=header.get("global_step", -1), checkpoint=str(checkpoint))
+    return record

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from ctxlit.errors import ConfigError
-from ctxlit.tasks.attention_maps import MIN_ROW_HEIGHT, AttentionMaps, draw
+from ctxlit.report.attention import context_maps, latest_maps
+from ctxlit.report.runs import find_runs
+from ctxlit.report.study import build_studies
+from ctxlit.tasks.attention_maps import MIN_ROW_HEIGHT, AttentionMaps, checkpoint_maps, draw
 
 
 def test_gc_picture_is_brightest_at_the_recorded_maps_argmax(study_runs):
@@ -59,3 +64,26 @@ def test_non_local_draws_one_panel_per_query_and_marks_it():
 def test_bad_options_are_one_config_error(kwargs):
     with pytest.raises(ConfigError, match="attention: every_n_epochs must be >= 0"):
         AttentionMaps(**kwargs)
+
+
+def test_maps_from_a_checkpoint_are_the_ones_recorded_at_its_epoch(study_runs):
+    """The run's last checkpoint, rebuilt from its own hyper-parameters, gives the maps the
+    callback recorded at that last validation (same images, same weights)."""
+    run_dir = study_runs / "study" / "gc-seed0"
+    recorded = torch.load(run_dir / "attention" / "epoch-001" / "maps.pt", weights_only=True)
+    computed = checkpoint_maps(run_dir / "checkpoints" / "last.ckpt", num_images=2, queries=recorded["queries"])
+    assert computed["epoch"] == recorded["epoch"] == 1 and computed["kinds"] == recorded["kinds"]
+    assert torch.equal(computed["images"], recorded["images"])
+    for name, value in recorded["maps"].items():
+        assert torch.allclose(computed["maps"][name], value, atol=1e-5), name
+
+
+def test_the_report_draws_attention_from_checkpoints_when_nothing_was_recorded(study_runs, tmp_path):
+    for name in ("none-seed0", "gc-seed0"):
+        shutil.copytree(study_runs / "study" / name, tmp_path / "runs" / name, ignore=shutil.ignore_patterns("attention"))
+    (study,) = build_studies(find_runs([str(tmp_path / "runs")]))
+    figure = context_maps(study)
+    assert figure is not None and "epoch 1, last checkpoint" in figure[1]
+    (run,) = find_runs([str(tmp_path / "runs" / "gc-seed0")])
+    (tmp_path / "runs" / "gc-seed0" / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    assert latest_maps(run) is None  # a damaged checkpoint leaves the figure out, not the report
