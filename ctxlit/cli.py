@@ -25,7 +25,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI
 
 import ctxlit.blocks  # noqa: F401  (block classes resolvable by short name, e.g. GlobalContext)
-from ctxlit.errors import CtxlitError
+from ctxlit import preflight
+from ctxlit.errors import ConfigError, CtxlitError
 from ctxlit.tasks.attention_maps import AttentionMaps
 from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary, ValidateAtLastStep
 
@@ -33,6 +34,8 @@ from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary, ValidateAt
 class CtxlitCLI(LightningCLI):
     def init_parser(self, **kwargs):
         kwargs.setdefault("prog", "python -m ctxlit.fit")
+        # --trainer.max_epoch is a typo, not max_epochs: in a sweep file it would pass unseen.
+        kwargs.setdefault("allow_abbrev", False)
         parser = super().init_parser(**kwargs)
         # On a bad option print the message alone, not ~70 lines of usage above it.
         parser.print_usage = lambda file=None: None
@@ -51,15 +54,46 @@ class CtxlitCLI(LightningCLI):
         # --attention.every_n_epochs=N: the blocks' attention drawn every N validations (0: off)
         parser.add_lightning_class_args(AttentionMaps, "attention")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.add_argument("--resume.allow_changed", type=list[str], default=[],
+                            help="model options (init_args keys) a --ckpt_path resume may change, e.g. [lr]")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the model options of the command line by the checkpoint's with no
+        word; instead, check the file, and refuse a resume that changes the model (see
+        :func:`ctxlit.preflight.check_resume`). The allowed changes are kept as given."""
+        self._resumed_hparams = None
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        if config is None or not config.get("ckpt_path"):
+            return
+        checkpoint = preflight.read_checkpoint(config.ckpt_path)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        if hparams:
+            preflight.check_resume(hparams, config.model, config.resume.allow_changed)
+        self._resumed_hparams = hparams
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        place_loggers(config.trainer.logger, os.environ.get("CTXLIT_RUN_DIR"), os.environ.get("WANDB_RUN_GROUP"))
+        preflight.check_ranges(config)
+        run_dir = os.environ.get("CTXLIT_RUN_DIR")
+        preflight.check_writable("CTXLIT_RUN_DIR", run_dir)
+        if config.get("checkpoint") is not None:
+            preflight.check_writable("--checkpoint.dirpath", config.checkpoint.get("dirpath"))
+        place_loggers(config.trainer.logger, run_dir, os.environ.get("WANDB_RUN_GROUP"))
+
+    def after_instantiate_classes(self) -> None:
+        saved = (getattr(self, "_resumed_hparams", None) or {}).get("num_classes")
+        given = getattr(self.datamodule, "num_classes", None)
+        if saved is not None and given is not None and saved != given:
+            raise ConfigError(f"--ckpt_path was trained for {saved} classes and this data has {given}: resume "
+                              f"needs the same data; to fine-tune on new classes use --model.init_args.backbone_weights")
 
     def _instantiate_trainer(self, config, callbacks):
         # --trainer.enable_checkpointing=false: leave out our checkpoint callback instead of
         # letting Lightning refuse the combination with a traceback.
-        if config.get("enable_checkpointing") is False:
+        # fast_dev_run: Lightning suppresses checkpointing, but our callback would still write one
+        # (into ./checkpoints, where the default dirpath points without a logger).
+        if config.get("enable_checkpointing") is False or config.get("fast_dev_run"):
             callbacks = [c for c in callbacks if not isinstance(c, BestAndLastCheckpoint)]
         return super()._instantiate_trainer(config, [*callbacks, ValidateAtLastStep()])
 

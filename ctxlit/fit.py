@@ -12,6 +12,8 @@ a run never waits on the network (``wandb sync <dir>`` uploads later).
 
 from __future__ import annotations
 
+import contextlib
+import netrc
 import os
 import socket
 import sys
@@ -22,13 +24,35 @@ DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
+#: How long the probe of the W&B server may take: a run never waits longer on the network.
+PROBE_SECONDS = 3.0
+
+
+class WandbUnusable(Exception):
+    """``WANDB_MODE=online`` was asked for and cannot work; the message says why."""
+
+
+def wandb_base_url() -> str:
+    """The server wandb itself would use, resolved as ``wandb.setup`` resolves it (its settings
+    file, where ``wandb login --host`` writes, then ``WANDB_BASE_URL``), else wandb's built-in
+    default, which changes between wandb versions. No service is started."""
+    import wandb
+
+    settings = wandb.Settings()
+    config_dir = os.environ.get("WANDB_CONFIG_DIR")
+    settings.settings_system = str(Path(config_dir or Path.home() / ".config" / "wandb").expanduser() / "settings")
+    with contextlib.suppress(Exception):  # a broken settings file: wandb reports it itself later
+        settings.update_from_system_settings()
+    settings.update_from_env_vars(dict(os.environ))
+    return str(settings.base_url)
+
+
 def wandb_host() -> tuple[str, int]:
-    """W&B's server: ``WANDB_BASE_URL`` (self-hosted) or the public API."""
-    url = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    url = urlsplit(wandb_base_url())
+    return url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
 
 
-def wandb_reachable(timeout: float = 2.0) -> bool:
+def wandb_reachable(timeout: float = PROBE_SECONDS) -> bool:
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True  # a direct probe says nothing about the proxy route; let W&B try it
     try:
@@ -39,26 +63,33 @@ def wandb_reachable(timeout: float = 2.0) -> bool:
 
 
 def wandb_has_key() -> bool:
+    """An API key in the environment, or in the netrc file for the server wandb will use."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        return wandb_host()[0] in netrc.read_text()
-    except OSError:
+        return netrc.netrc(str(path)).authenticators(wandb_host()[0]) is not None
+    except (OSError, netrc.NetrcParseError):
         return False
 
 
 def choose_wandb_mode() -> str:
-    """Go offline unless the user chose a mode, has a key and can reach the server."""
+    """Go offline unless the user chose a mode, has a key and can reach the server. A chosen
+    ``online`` that cannot work (no key, or no route within :data:`PROBE_SECONDS`) raises
+    :class:`WandbUnusable` instead of failing later with a traceback or a long wait."""
     mode = os.environ.get("WANDB_MODE")
-    if mode:
+    if mode and mode != "online":
         return mode
     if not wandb_has_key():
-        reason = "no W&B API key"
+        reason = f"no W&B API key for {wandb_base_url()}"
     elif not wandb_reachable():
-        reason = f"{wandb_host()[0]} not reachable"
+        host, port = wandb_host()
+        reason = f"{host}:{port} not reachable within {PROBE_SECONDS:g} s"
     else:
         return "online"
+    if mode == "online":
+        raise WandbUnusable(f"WANDB_MODE=online, but {reason}: set WANDB_API_KEY (or `wandb login`) and check "
+                            f"the route, or unset WANDB_MODE to log offline and `wandb sync` later")
     os.environ["WANDB_MODE"] = "offline"
     print(f"[ctxlit] W&B logs offline ({reason}); upload later with `wandb sync`", file=sys.stderr)
     return "offline"
@@ -81,7 +112,11 @@ def with_defaults(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    choose_wandb_mode()
+    try:
+        choose_wandb_mode()
+    except WandbUnusable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     from ctxlit.cli import run_cli  # heavy imports after the environment is settled
 
     if argv is None:

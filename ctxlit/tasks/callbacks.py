@@ -140,7 +140,8 @@ class RunSummary(pl.Callback):
         self.fit_seconds = time.perf_counter() - self._fit_start
         if trainer.is_global_zero:
             print(self.summary_text(trainer))
-            self.write_summary(trainer, "finished")
+            if not trainer.fast_dev_run:  # a smoke test leaves no files (Lightning's loggers are off too)
+                self.write_summary(trainer, "finished")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.fit_seconds = time.perf_counter() - self._fit_start

@@ -1,0 +1,138 @@
+"""Checks of a resolved ``python -m ctxlit.fit`` config that run before any model, logger, run
+folder or W&B run exists, so a bad input is one ``error:`` line and exit 2 with nothing written:
+
+- numeric ranges of the task, data and trainer options (:data:`RANGES`);
+- ``--ckpt_path``: a readable Lightning checkpoint (:func:`read_checkpoint`);
+- resume keeps the model it resumes (:func:`resume_changes`): a command line that changes the
+  checkpoint's model options is refused unless ``--resume.allow_changed`` names the keys;
+- output folders that can be written (:func:`check_writable`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ctxlit.errors import ConfigError
+
+#: dotted key -> (test, what it allows). A missing key (an option the chosen task or data
+#: module does not have) is not checked; ``None`` fails every numeric rule.
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "model.init_args.lr": (lambda v: v > 0, "a number > 0"),
+    "model.init_args.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "model.init_args.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "model.init_args.label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "model.init_args.warmup_epochs": (lambda v: v >= 0, "a number >= 0"),
+    "model.init_args.min_lr_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "data.init_args.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "data.init_args.num_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "trainer.max_epochs": (lambda v: v >= -1, "-1 (no limit) or an integer >= 0"),
+    "trainer.max_steps": (lambda v: v >= -1, "-1 (no limit) or an integer >= 0"),
+}
+#: keys whose ``None`` means "not set" (Lightning's own defaults)
+OPTIONAL = {"trainer.max_epochs"}
+
+
+def _get(config, dotted: str):
+    """``config``'s value at ``dotted`` (a jsonargparse Namespace or dicts); KeyError if absent."""
+    value = config
+    for part in dotted.split("."):
+        if isinstance(value, dict):
+            value = value[part]
+        else:
+            if not hasattr(value, part):
+                raise KeyError(dotted)
+            value = getattr(value, part)
+    return value
+
+
+def check_ranges(config) -> None:
+    for key, (test, allowed) in RANGES.items():
+        try:
+            value = _get(config, key)
+        except KeyError:
+            continue
+        if value is None and key in OPTIONAL:
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and test(value)
+        if not ok:
+            raise ConfigError(f"--{key}: must be {allowed}; got {json.dumps(value)}")
+
+
+def check_writable(option: str, path: str | os.PathLike | None) -> None:
+    """The folder ``path`` exists and is writable, or can be made: its nearest existing
+    ancestor is a writable folder."""
+    if not path:
+        return
+    folder = Path(path).absolute()
+    ancestor = folder
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{option} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: {ancestor} is not writable")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A Lightning checkpoint's contents (tensors memory-mapped), or one ConfigError naming the
+    file and what is wrong with it."""
+    import torch
+
+    file = Path(path)
+    if not file.exists():
+        raise ConfigError(f"--ckpt_path {path}: no such file")
+    if not file.is_file():
+        raise ConfigError(f"--ckpt_path {path}: not a file")
+    if file.stat().st_size == 0:
+        raise ConfigError(f"--ckpt_path {path}: the file is empty (a save that was cut off?)")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except PermissionError:
+        raise ConfigError(f"--ckpt_path {path}: not readable (permission denied)") from None
+    except Exception as error:  # noqa: BLE001  (torch raises several types for a damaged file)
+        raise ConfigError(f"--ckpt_path {path}: not a readable PyTorch checkpoint "
+                          f"({type(error).__name__}); the file is damaged or of another kind") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "pytorch-lightning_version" not in checkpoint:
+        raise ConfigError(f"--ckpt_path {path}: a PyTorch file, but not a Lightning checkpoint (no state_dict "
+                          f"and pytorch-lightning_version); for weights alone use --model.init_args.backbone_weights")
+    return checkpoint
+
+
+def _canonical(value) -> str:
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+        value = value.as_dict()
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def resume_changes(hparams: dict, model) -> dict[str, tuple[object, object]]:
+    """{option: (in the checkpoint, on this command line)} for the model options that differ.
+    ``model`` is the config's ``model`` (``class_path`` + ``init_args``); ``num_classes`` is
+    linked from the data and checked once the data module exists."""
+    saved = {k: v for k, v in hparams.items() if k not in ("_instantiator", "_class_path", "num_classes")}
+    given = _get(model, "init_args")
+    given = given.as_dict() if hasattr(given, "as_dict") else dict(given or {})
+    changes = {}
+    saved_class, given_class = hparams.get("_class_path"), _get(model, "class_path")
+    if saved_class and saved_class != given_class:
+        changes["class_path"] = (saved_class, given_class)
+    for key, value in saved.items():
+        if key in given and _canonical(value) != _canonical(given[key]):
+            changes[key] = (value, given[key])
+    return changes
+
+
+def check_resume(hparams: dict, model, allowed: list[str]) -> None:
+    """Refuse to resume a checkpoint with model options other than its own, except ``allowed``."""
+    allowed = {key.removeprefix("model.init_args.") for key in allowed}
+    refused = {k: v for k, v in resume_changes(hparams, model).items() if k not in allowed}
+    if refused:
+        listed = "; ".join(f"{k}: {_canonical(old)} in the checkpoint, {_canonical(new)} here"
+                           for k, (old, new) in refused.items())
+        raise ConfigError(
+            f"--ckpt_path resumes a run, and this command line changes its model: {listed}. Drop these options "
+            f"to resume as it was, allow a change on purpose with --resume.allow_changed=[{','.join(refused)}] "
+            f"(e.g. a lower lr), or start a new run from its weights with --model.init_args.backbone_weights")

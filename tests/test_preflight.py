@@ -1,0 +1,182 @@
+"""Bad input found before anything exists: one ``error:`` line naming the culprit, exit 2, no
+traceback, and no run folder, checkpoint or W&B run (issue 11's probed cases)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+import torch
+import yaml
+
+from ctxlit.fit import DEFAULT_CONFIG, main
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """A one-epoch baseline run to resume from: its folder and its last checkpoint."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("CTXLIT_RUN_DIR", str(run_dir))
+        mp.chdir(run_dir.parent)
+        assert main([*TINY, "--model.init_args.block=none", "--trainer.max_epochs=1"]) == 0
+    return {"dir": run_dir, "last": run_dir / "checkpoints" / "last.ckpt"}
+
+
+def fails_cleanly(argv, tmp_path, capsys, monkeypatch, culprit: str) -> str:
+    """Run ``argv`` with its run folder in ``tmp_path/run``; exit 2, the one line, nothing written."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("CTXLIT_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # the parser's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err
+    assert culprit in err.strip().splitlines()[-1], err[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "something was written"
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(("flag", "culprit"), [
+    ("--model.init_args.lr=-0.1", "--model.init_args.lr: must be a number > 0; got -0.1"),
+    ("--model.init_args.lr=0", "--model.init_args.lr: must be a number > 0; got 0.0"),
+    ("--model.init_args.momentum=-1", "--model.init_args.momentum: must be a number in [0, 1); got -1.0"),
+    ("--model.init_args.label_smoothing=2", "--model.init_args.label_smoothing: must be a number in [0, 1); got 2.0"),
+    ("--model.init_args.warmup_epochs=-3", "--model.init_args.warmup_epochs: must be a number >= 0; got -3.0"),
+    ("--model.init_args.weight_decay=-1e-4", "--model.init_args.weight_decay: must be a number >= 0"),
+    ("--trainer.max_epochs=-5", "--trainer.max_epochs: must be -1 (no limit) or an integer >= 0; got -5"),
+    ("--trainer.max_steps=-2", "--trainer.max_steps: must be -1 (no limit) or an integer >= 0; got -2"),
+    ("--data.init_args.batch_size=0", "--data.init_args.batch_size: must be an integer >= 1; got 0"),
+    ("--trainer.max_epoch=3", "unrecognized arguments: --trainer.max_epoch=3"),  # no abbreviations
+    ("--checkpoint.dirpath=/etc/passwd/x", "--checkpoint.dirpath /etc/passwd/x: /etc/passwd is a file, not a folder"),
+])
+def test_a_bad_option_is_one_error_before_anything_is_written(flag, culprit, tmp_path, capsys, monkeypatch):
+    fails_cleanly([*TINY, flag], tmp_path, capsys, monkeypatch, culprit)
+
+
+def test_a_null_number_from_a_sweep_json_is_one_error(tmp_path, capsys, monkeypatch):
+    (tmp_path / "args.json").write_text(json.dumps({"model.init_args.lr": None}))
+    fails_cleanly(["--config", str(DEFAULT_CONFIG), "--config", str(tmp_path / "args.json"), *TINY],
+                  tmp_path, capsys, monkeypatch, "--model.init_args.lr: must be a number > 0; got null")
+
+
+def test_an_unwritable_run_folder_is_one_error(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("CTXLIT_RUN_DIR", str(tmp_path / "file" / "run"))
+    monkeypatch.chdir(tmp_path)
+    assert main(TINY) == 2
+    assert f"CTXLIT_RUN_DIR {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is a file" in capsys.readouterr().err
+
+
+def _bad_checkpoints(folder):
+    (folder / "random.ckpt").write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    (folder / "empty.ckpt").write_bytes(b"")
+    torch.save({"conv.weight": torch.zeros(1)}, folder / "weights.pt")
+    (folder / "folder.ckpt").mkdir()
+
+
+@pytest.mark.parametrize(("name", "culprit"), [
+    ("missing.ckpt", "missing.ckpt: no such file"),
+    ("empty.ckpt", "empty.ckpt: the file is empty"),
+    ("random.ckpt", "random.ckpt: not a readable PyTorch checkpoint"),
+    ("weights.pt", "weights.pt: a PyTorch file, but not a Lightning checkpoint"),
+    ("folder.ckpt", "folder.ckpt: not a file"),
+])
+def test_a_bad_checkpoint_is_one_error_naming_it(name, culprit, tmp_path, capsys, monkeypatch):
+    files = tmp_path / "files"
+    files.mkdir()
+    _bad_checkpoints(files)
+    line = fails_cleanly([*TINY, f"--ckpt_path={files / name}"], tmp_path, capsys, monkeypatch, culprit)
+    assert line.startswith(f"error: --ckpt_path {files / name}")
+    assert "weights_only" not in line  # torch's advice to unpickle an untrusted file
+
+
+def test_resume_refuses_to_change_the_model(trained, tmp_path, capsys, monkeypatch):
+    line = fails_cleanly([*TINY, "--model.init_args.block=nl", "--model.init_args.lr=0.01",
+                          f"--ckpt_path={trained['last']}"], tmp_path, capsys, monkeypatch,
+                         "this command line changes its model")
+    assert 'block: "none" in the checkpoint, "nl" here' in line and "lr: 0.2 in the checkpoint, 0.01 here" in line
+    assert "--resume.allow_changed=[block,lr]" in line
+
+
+def test_resume_with_other_classes_is_one_error(trained, tmp_path, capsys, monkeypatch):
+    fails_cleanly([*TINY, "--model.init_args.block=none", "--data.init_args.num_shapes=3",
+                   f"--ckpt_path={trained['last']}"], tmp_path, capsys, monkeypatch,
+                  "--ckpt_path was trained for 4 classes and this data has 3")
+
+
+def test_resume_may_change_what_allow_changed_names(trained, tmp_path, monkeypatch):
+    """The allowed change is the one the run uses (not silently the checkpoint's lr)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("CTXLIT_RUN_DIR", str(tmp_path / "resumed"))
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, "--model.init_args.block=none", "--model.init_args.lr=0.01", "--trainer.max_epochs=2",
+                 "--resume.allow_changed=[lr]", f"--ckpt_path={trained['last']}"]) == 0
+    config = yaml.safe_load((tmp_path / "resumed" / "config.yaml").read_text())
+    assert config["model"]["init_args"]["lr"] == 0.01 and config["model"]["init_args"]["block"] == "none"
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["hyper_parameters"]["lr"] == 0.01
+
+
+def test_fast_dev_run_writes_no_checkpoint_or_summary(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("CTXLIT_RUN_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, "--trainer.fast_dev_run=true"]) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_wandb_online_without_a_key_is_one_error(offline_env, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.chdir(tmp_path)
+    assert main(TINY) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: WANDB_MODE=online, but no W&B API key for ") and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["home"]  # the fixture's HOME alone
+
+
+def test_wandb_online_with_no_route_fails_within_its_bound(offline_env, tmp_path, capsys, monkeypatch):
+    port = _closed_port()
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.chdir(tmp_path)
+    start = time.monotonic()
+    assert main(TINY) == 2
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port} not reachable within 3 s" in err and "Traceback" not in err
+
+
+def test_a_netrc_login_counts_for_the_host_wandb_uses(offline_env, monkeypatch):
+    """``wandb login`` writes the key under wandb's own default host, whatever it is today."""
+    from ctxlit.fit import wandb_base_url, wandb_has_key, wandb_host
+
+    assert not wandb_has_key()
+    host = wandb_host()[0]
+    assert host and host in wandb_base_url()
+    netrc = offline_env["NETRC"]
+    with open(netrc, "w") as f:
+        f.write(f"machine {host}\n  login user\n  password {'k' * 40}\n")
+    import os
+
+    os.chmod(netrc, 0o600)
+    assert wandb_has_key()
+    with open(netrc, "w") as f:
+        f.write(f"machine api.example.org\n  login user\n  password {'k' * 40}\n")
+    assert not wandb_has_key()
