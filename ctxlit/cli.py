@@ -19,16 +19,20 @@ one ``wandb agent`` runs (``python -m ctxlit.sweep`` sets both):
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import pytorch_lightning as pl
+from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import ctxlit.blocks  # noqa: F401  (block classes resolvable by short name, e.g. GlobalContext)
 from ctxlit import preflight
 from ctxlit.errors import ConfigError, CtxlitError
 from ctxlit.tasks.attention_maps import AttentionMaps
 from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary, ValidateAtLastStep
+from ctxlit.tasks.faults import AtomicCheckpointIO, NonFiniteGuard
 
 
 class CtxlitCLI(LightningCLI):
@@ -95,7 +99,11 @@ class CtxlitCLI(LightningCLI):
         # (into ./checkpoints, where the default dirpath points without a logger).
         if config.get("enable_checkpointing") is False or config.get("fast_dev_run"):
             callbacks = [c for c in callbacks if not isinstance(c, BestAndLastCheckpoint)]
-        return super()._instantiate_trainer(config, [*callbacks, ValidateAtLastStep()])
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
+        return super()._instantiate_trainer(config, [*callbacks, ValidateAtLastStep(), NonFiniteGuard()])
 
 
 def place_loggers(loggers, run_dir: str | None, group: str | None) -> None:
@@ -144,7 +152,12 @@ def run_cli(argv: list[str], from_command_line: bool = False) -> int:
         if cause is None:
             raise
         print(f"error: {cause}", file=sys.stderr)
-        code = 2
+        code = cause.exit_code
+    except SIGTERMException:
+        # Lightning turns SIGTERM into an exit with status 0; a pre-empted run did not succeed.
+        print("error: stopped by SIGTERM; resume with --ckpt_path <run dir>/checkpoints/last.ckpt "
+              "(the last epoch boundary)", file=sys.stderr)
+        code = 128 + signal.SIGTERM
     finally:
         finish_wandb(code)
     return code

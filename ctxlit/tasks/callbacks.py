@@ -11,8 +11,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ctxlit.backbones import describe_plugins
+from ctxlit.tasks.faults import finite_state
 from ctxlit.utils.complexity import NOTE_NOT_COUNTED, measure_complexity
 
 
@@ -35,6 +37,12 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         self._refresh_last(trainer)
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # Never a best or last checkpoint of NaN/Inf weights or running stats: last.ckpt stays
+        # the last finite state (ctxlit.tasks.faults.NonFiniteGuard then stops the run).
+        if finite_state(trainer.lightning_module):
+            super()._save_checkpoint(trainer, filepath)
 
     def _refresh_last(self, trainer: pl.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
@@ -147,7 +155,7 @@ class RunSummary(pl.Callback):
         self.fit_seconds = time.perf_counter() - self._fit_start
         # Only into a run folder that exists: an error at setup (a bad option) leaves none behind.
         if trainer.is_global_zero and run_directory(trainer).is_dir():
-            status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+            status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) else "failed"
             self.write_summary(trainer, status, error=f"{type(exception).__name__}: {exception}")
 
     def write_summary(self, trainer: pl.Trainer, status: str, error: str | None = None) -> Path:
