@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision import tv_tensors
 
@@ -37,6 +38,15 @@ def _official_table():
     from torchvision.datasets import Cityscapes
 
     return Cityscapes.classes
+
+
+def known_label_ids() -> np.ndarray:
+    """A 256-entry bool table of the ids a labelIds PNG may hold: the official table's (0..33)
+    and 255, which is -1 (license plate) stored as uint8."""
+    known = np.zeros(256, dtype=bool)
+    for cls in _official_table():
+        known[cls.id % 256] = True
+    return known
 
 
 def label_id_to_train_id() -> torch.Tensor:
@@ -90,6 +100,7 @@ class CityscapesSegmentation(SkippingDataset):
         self.transform = transform
         self.skip_unreadable = skip_unreadable
         self.lut = label_id_to_train_id().numpy()
+        self.known = known_label_ids()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -102,6 +113,11 @@ class CityscapesSegmentation(SkippingDataset):
                 f"label {self.labels[i]} is {label_ids.shape[0]}x{label_ids.shape[1]} but its image "
                 f"{self.images[i]} is {image.shape[1]}x{image.shape[2]} (height x width); they must match"
             )
+        unknown = ~self.known[label_ids.numpy()]
+        if unknown.any():
+            raise DatasetError(
+                f"label {self.labels[i]} holds id {int(label_ids.numpy()[unknown][0])}, which is no Cityscapes label id "
+                f"(0-33, or 255 for -1): give the *{LABEL_SUFFIX} files, not the colour or instance images")
         if self.transform is not None:  # ids survive nearest resizing; padding 255 maps to 255
             image, label_ids = self.transform(tv_tensors.Image(image), tv_tensors.Mask(label_ids))
         # Map after the crop (fewer pixels); numpy indexes by uint8 directly, no int64 copy.

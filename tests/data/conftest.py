@@ -62,8 +62,9 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning"))
 
 
-# Cityscapes: label ids 0..33, plus 34 and 255 which are not in the table (must map to ignore).
-CITYSCAPES_IDS = list(range(34)) + [34, 255]
+# Cityscapes: label ids 0..33, plus 255 (-1, license plate, as uint8), which maps to ignore.
+# Any other id is refused (tests/data/test_cityscapes.py).
+CITYSCAPES_IDS = list(range(34)) + [255]
 
 
 def cityscapes_label(height: int = 32, width: int = 64, shift: int = 0) -> np.ndarray:

@@ -50,7 +50,7 @@ def test_val_is_full_resolution_and_every_id_is_mapped(cityscapes_tree):
         assert image.shape == (3, 32, 64) and image.dtype == torch.uint8
         assert mask.shape == (32, 64) and mask.dtype == torch.uint8
         ids = cityscapes_label(32, 64, shift=i)
-        assert set(np.unique(ids)) == set(CITYSCAPES_IDS)  # the tree covers all 34 ids, 34 and 255
+        assert set(np.unique(ids)) == set(CITYSCAPES_IDS)  # the tree covers all 34 ids and 255
         expected = np.vectorize(lambda v: OFFICIAL.get(int(v), 255))(ids)
         assert np.array_equal(mask.numpy(), expected)
     images, masks = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
@@ -132,6 +132,25 @@ def test_wrong_size_label_names_both_files(cityscapes_tree):
     with pytest.warns(UserWarning, match="skipped unreadable sample: label"):
         image, mask = dm.val_dataset[index]
     assert image.shape[1:] == mask.shape
+
+
+
+@pytest.mark.parametrize("bad_id", [34, 200])
+def test_a_label_id_outside_the_table_names_the_file(cityscapes_tree, bad_id):
+    """A colour or instance PNG passed as labelIds: one error naming the file, not mIoU nan."""
+    image_path, label_path = write_cityscapes_pair(cityscapes_tree, "val", "frankfurt", 8)
+    label = cityscapes_label(32, 64)
+    label[5, 7] = bad_id
+    Image.fromarray(label).save(label_path)
+    dm = cityscapes(cityscapes_tree)
+    dm.setup("validate")
+    index = dm.val_dataset.images.index(image_path)
+    with pytest.raises(DatasetError, match=rf"label .*frankfurt_000008_000019_gtFine_labelIds\.png holds id {bad_id}, "
+                                           r"which is no Cityscapes label id \(0-33, or 255 for -1\)"):
+        dm.val_dataset[index]
+    label[5, 7] = 255  # -1 (license plate) as uint8 is a valid id
+    Image.fromarray(label).save(label_path)
+    assert dm.val_dataset[index][1][5, 7] == 255
 
 
 def test_corrupt_image_named(cityscapes_tree):
