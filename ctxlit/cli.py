@@ -30,6 +30,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 import ctxlit.blocks  # noqa: F401  (block classes resolvable by short name, e.g. GlobalContext)
 from ctxlit import preflight
 from ctxlit.errors import ConfigError, CtxlitError
+from ctxlit.parse_errors import one_line
 from ctxlit.tasks.attention_maps import AttentionMaps
 from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary, ValidateAtLastStep
 from ctxlit.tasks.faults import AtomicCheckpointIO, NonFiniteGuard
@@ -41,8 +42,11 @@ class CtxlitCLI(LightningCLI):
         # --trainer.max_epoch is a typo, not max_epochs: in a sweep file it would pass unseen.
         kwargs.setdefault("allow_abbrev", False)
         parser = super().init_parser(**kwargs)
-        # On a bad option print the message alone, not ~70 lines of usage above it.
+        # On a bad option print the message alone, not ~70 lines of usage above it, and in one
+        # line where jsonargparse would print its tree of Union members (ctxlit.parse_errors).
         parser.print_usage = lambda file=None: None
+        error = parser.error
+        parser.error = lambda message, ex=None: error(one_line(message), ex)
         return parser
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -137,6 +141,7 @@ def run_cli(argv: list[str], from_command_line: bool = False) -> int:
     if from_command_line:
         sys.argv[1:] = argv
     try:
+        preflight.check_config_files(argv)
         CtxlitCLI(
             model_class=pl.LightningModule,
             datamodule_class=pl.LightningDataModule,

@@ -136,3 +136,42 @@ def check_resume(hparams: dict, model, allowed: list[str]) -> None:
             f"--ckpt_path resumes a run, and this command line changes its model: {listed}. Drop these options "
             f"to resume as it was, allow a change on purpose with --resume.allow_changed=[{','.join(refused)}] "
             f"(e.g. a lower lr), or start a new run from its weights with --model.init_args.backbone_weights")
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The values of every ``--config``/``-c`` in ``argv``."""
+    files = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif arg.startswith(("--config=", "-c=")):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Each ``--config`` file exists and holds a YAML mapping: the parser would report an empty,
+    list-shaped or malformed file without its path (``Unexpected config:``), which matters when
+    a sweep passes two. A value that is not a path (an inline YAML string) is left to the parser."""
+    import yaml
+
+    for value in config_files(argv):
+        path = Path(value)
+        if not path.exists():
+            if value.endswith((".yaml", ".yml", ".json")):
+                raise ConfigError(f"--config {value}: no such file")
+            continue
+        if not path.is_file():
+            raise ConfigError(f"--config {value}: not a file")
+        try:
+            content = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--config {value}: cannot be read ({err})") from None
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise ConfigError(f"--config {value}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+        if not isinstance(content, dict) or not content:
+            shape = "empty" if content is None or content == {} else f"a {type(content).__name__}"
+            raise ConfigError(f"--config {value}: is {shape}; a config file holds a mapping of options "
+                              f"(e.g. `trainer: {{max_epochs: 5}}`)")

@@ -1,0 +1,99 @@
+"""One line for a command-line or config error, instead of jsonargparse's Union dump.
+
+A bad value under ``model`` or ``data`` (subclass mode, so a Union of classes) is reported by
+jsonargparse as a 10-20-line tree of every Union member it tried, with the allowed values
+buried inside. :func:`one_line` finds the option and what it allows in that tree::
+
+    --model.init_args.block.init_args.fusion=bogus: allowed values are add, mul, both
+    --model.init_args.blok: no such option of ctxlit.tasks.ClassificationTask; did you mean --model.init_args.block?
+
+A message of another shape is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import inspect
+import re
+
+_NESTED = re.compile(r"Given value: NestedArg\(key='([^']+)', val='([^']*)'\)")
+_TOP = re.compile(r'^Parser key "([^"]+)":')
+_CLASS = re.compile(r"Problem with given class_path '([^']+)'")
+_NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
+_LITERAL = re.compile(r"Expected a typing\.Literal\[(.*?)\](?:\. Got value: (\S+?)\.?(?:\s|$)|\s*$)", re.M)
+
+
+def _init_options(class_path: str) -> list[str]:
+    """The keyword options of a class's ``__init__`` (and its bases', through ``**kwargs``)."""
+    try:
+        module, name = class_path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    names = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
+
+
+def one_line(message: str) -> str:
+    top = _TOP.match(message)
+    given = _NESTED.findall(message)
+    if not top or "Does not validate against any of the Union subtypes" not in message:
+        return message
+    if not given:  # a plain option of a Union type, e.g. trainer.max_epochs: int | None
+        return _plain(top.group(1), message)
+    key, value = given[-1]  # the outermost: the option as the user gave it, below the top key
+    dotted = f"{top.group(1)}.init_args.{key}" if top.group(1) in ("model", "data") else f"{top.group(1)}.{key}"
+    unknown = _NOT_ACCEPTED.search(message)
+    if unknown:
+        owner = _CLASS.search(message)
+        owner_path = owner.group(1) if owner else top.group(1)
+        line = f"--{dotted}: no such option of {owner_path}"
+        options = _init_options(owner_path) if owner else []
+        close = difflib.get_close_matches(unknown.group(1), options, n=1)
+        prefix = dotted[: -len(unknown.group(1))]
+        if close:
+            line += f"; did you mean --{prefix}{close[0]}?"
+        elif options:
+            line += f" (its options: {', '.join(options)})"
+        return line
+    literals = _LITERAL.findall(message)
+    if not literals:
+        return message
+    # The Literal that names the value given, else the first (a registry name was expected).
+    allowed, got = next(((a, g) for a, g in literals if g), literals[0])
+    choices = _choices(allowed)
+    line = f"--{dotted}={value}: allowed values are {', '.join(choices)}"
+    if not got and "Callable[[int]" in message:
+        line += ", or a block class by its class_path (e.g. ctxlit.blocks.GlobalContext)"
+    return line
+
+
+_TYPE = re.compile(r"^\s*- Expected a <class '([\w.]+)'>", re.M)
+_VALUE = re.compile(r"^\s*Given value: (.*)$", re.M)
+
+
+def _plain(key: str, message: str) -> str:
+    types = ["null" if t == "NoneType" else t for t in _TYPE.findall(message)]
+    literals = [c for allowed, _ in _LITERAL.findall(message) for c in _choices(allowed)]
+    value = _VALUE.findall(message)
+    if not (types or literals) or not value:
+        return message
+    expected = " or ".join([*types, *(f"one of {', '.join(literals)}" for _ in [0] if literals)])
+    return f"--{key}={value[-1]}: expected {expected}"
+
+
+def _choices(allowed: str) -> list[str]:
+    try:
+        return [str(c) for c in ast.literal_eval(f"[{allowed}]")]
+    except (ValueError, SyntaxError):
+        return [allowed]
