@@ -180,3 +180,26 @@ def test_a_netrc_login_counts_for_the_host_wandb_uses(offline_env, monkeypatch):
     with open(netrc, "w") as f:
         f.write(f"machine api.example.org\n  login user\n  password {'k' * 40}\n")
     assert not wandb_has_key()
+
+
+def _lr_at(run_dir, step: int) -> float:
+    import csv
+
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return next(float(r["train/lr"]) for r in csv.DictReader(f) if r.get("train/lr") and int(r["step"]) == step)
+
+
+def test_extending_max_epochs_on_resume_follows_the_new_schedule_from_its_first_step(trained, tmp_path, monkeypatch):
+    """The first resumed step's LR is the 2-epoch schedule's, as in a run of 2 epochs from the
+    start, not the 1-epoch schedule's last (0 at the end of the cosine)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    flags = [*TINY, "--model.init_args.block=none", "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1"]
+    monkeypatch.setenv("CTXLIT_RUN_DIR", str(tmp_path / "resumed"))
+    assert main([*flags, f"--ckpt_path={trained['last']}"]) == 0
+    monkeypatch.setenv("CTXLIT_RUN_DIR", str(tmp_path / "straight"))
+    assert main(flags) == 0
+    first = torch.load(trained["last"], weights_only=True)["global_step"]  # 4 steps an epoch
+    # train/lr is logged at the step it was used for, before the scheduler steps
+    assert _lr_at(tmp_path / "resumed", first) == pytest.approx(_lr_at(tmp_path / "straight", first))
+    assert _lr_at(tmp_path / "resumed", first) > 0.05

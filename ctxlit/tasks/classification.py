@@ -30,7 +30,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ctxlit.backbones import build_backbone
 from ctxlit.blocks import BLOCKS
-from ctxlit.tasks.optim import OptimizerName, budgeted_warmup, build_optimizer, step_schedule, warmup_cosine
+from ctxlit.tasks.optim import (
+    OptimizerName, budgeted_warmup, build_optimizer, resume_schedule, step_schedule, warmup_cosine,
+)
 
 #: A block registry name (built with its defaults), "none" for the baseline, or a block class
 #: given as ``class_path`` + ``init_args`` (the CLI turns it into ``channels -> module``).
@@ -150,6 +152,9 @@ class ClassificationTask(pl.LightningModule):
             self.log("val/acc5", self.val_acc5)
 
     # -- optimisation --------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        resume_schedule(self.trainer)  # a resume with a larger max_epochs: the new schedule from its first step
 
     def configure_optimizers(self):
         hp = self.hparams

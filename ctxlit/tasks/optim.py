@@ -79,3 +79,18 @@ def step_schedule(optimizer: torch.optim.Optimizer, factor: Callable[[int], floa
     """A per-step ``LambdaLR`` in Lightning's ``configure_optimizers`` format."""
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def resume_schedule(trainer) -> None:
+    """Set each per-step ``LambdaLR``'s learning rate for the step training starts at.
+
+    A resumed run's optimizer state brings back the learning rate of the old schedule's last
+    step, which LambdaLR uses for the first step before recomputing it. When the run was
+    extended (a larger ``max_epochs``) that rate belongs to the old schedule, e.g. 0 at the end
+    of a cosine. A fresh run's rate is unchanged (it is the schedule's own at step 0).
+    """
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(scheduler.last_epoch)

@@ -37,7 +37,9 @@ from ctxlit.backbones import build_backbone, load_weights
 from ctxlit.errors import ConfigError
 from ctxlit.heads import HEADS, FCNHead
 from ctxlit.tasks.classification import BlockArg, ClassificationTask, Placement
-from ctxlit.tasks.optim import OptimizerName, budgeted_warmup, build_optimizer, step_schedule, warmup_poly
+from ctxlit.tasks.optim import (
+    OptimizerName, budgeted_warmup, build_optimizer, resume_schedule, step_schedule, warmup_poly,
+)
 
 IGNORE_INDEX = 255
 
@@ -201,6 +203,9 @@ class SegmentationTask(pl.LightningModule):
         self.log_dict({f"val/iou/{name}": iou for name, iou in zip(names, ious)}, sync_dist=True)
 
     # -- optimisation --------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        resume_schedule(self.trainer)  # a resume with a larger max_epochs: the new schedule from its first step
 
     def configure_optimizers(self):
         hp = self.hparams
