@@ -87,7 +87,7 @@ class CtxlitCLI(LightningCLI):
         preflight.check_writable("CTXLIT_RUN_DIR", run_dir)
         if config.get("checkpoint") is not None:
             preflight.check_writable("--checkpoint.dirpath", config.checkpoint.get("dirpath"))
-        place_loggers(config.trainer.logger, run_dir, os.environ.get("WANDB_RUN_GROUP"))
+        place_loggers(config.trainer.logger, run_dir, os.environ.get("WANDB_RUN_GROUP"), config.trainer.get("default_root_dir"))
 
     def after_instantiate_classes(self) -> None:
         saved = (getattr(self, "_resumed_hparams", None) or {}).get("num_classes")
@@ -110,9 +110,11 @@ class CtxlitCLI(LightningCLI):
         return super()._instantiate_trainer(config, [*callbacks, ValidateAtLastStep(), NonFiniteGuard()])
 
 
-def place_loggers(loggers, run_dir: str | None, group: str | None) -> None:
+def place_loggers(loggers, run_dir: str | None, group: str | None, root: str | None = None) -> None:
     """Point the configured CSV and W&B loggers (parsed, not yet built) at ``run_dir`` and
-    ``group``; see the module docstring. ``loggers`` is a Namespace, a list of them, or a bool."""
+    ``group``; see the module docstring. ``loggers`` is a Namespace, a list of them, or a bool.
+    ``root`` (``--trainer.default_root_dir``) is where relative logger folders go when there is
+    no ``run_dir``: Lightning applies it to checkpoints only, and the logs stayed in ./runs."""
     if not isinstance(loggers, list):
         loggers = [loggers]
     for logger in loggers:
@@ -120,6 +122,9 @@ def place_loggers(loggers, run_dir: str | None, group: str | None) -> None:
         args = getattr(logger, "init_args", None)
         if args is None:
             continue
+        save_dir = getattr(args, "save_dir", None)
+        if not run_dir and root and save_dir and not os.path.isabs(save_dir):
+            args.save_dir = save_dir = os.path.join(root, save_dir)
         if run_dir and class_path.endswith(".CSVLogger"):
             args.save_dir, args.name, args.version = run_dir, "", ""
         elif class_path.endswith(".WandbLogger"):

@@ -32,8 +32,14 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "trainer.max_epochs": (lambda v: v >= -1, "-1 (no limit) or an integer >= 0"),
     "trainer.max_steps": (lambda v: v >= -1, "-1 (no limit) or an integer >= 0"),
 }
+#: rules for options that also take other shapes, checked only for a number (the synthetic
+#: benchmark's image_size is [height, width] and checked by its data module)
+NUMBER_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    # every backbone downsamples 32x; smaller photos end as 1x1 maps (food at 1 px: loss 1e29)
+    "data.init_args.image_size": (lambda v: v >= 32, "an integer >= 32 (the backbones downsample 32x)"),
+}
 #: keys whose ``None`` means "not set" (Lightning's own defaults)
-OPTIONAL = {"trainer.max_epochs"}
+OPTIONAL = {"trainer.max_epochs", "data.init_args.num_workers"}
 
 
 def _get(config, dotted: str):
@@ -49,15 +55,19 @@ def _get(config, dotted: str):
     return value
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_ranges(config) -> None:
-    for key, (test, allowed) in RANGES.items():
+    for key, (test, allowed) in {**RANGES, **NUMBER_RANGES}.items():
         try:
             value = _get(config, key)
         except KeyError:
             continue
-        if value is None and key in OPTIONAL:
+        if (value is None and key in OPTIONAL) or (key in NUMBER_RANGES and not _is_number(value)):
             continue
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and test(value)
+        ok = _is_number(value) and math.isfinite(value) and test(value)
         if not ok:
             raise ConfigError(f"--{key}: must be {allowed}; got {json.dumps(value)}")
 

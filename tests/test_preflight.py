@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,6 +61,13 @@ def fails_cleanly(argv, tmp_path, capsys, monkeypatch, culprit: str) -> str:
 ])
 def test_a_bad_option_is_one_error_before_anything_is_written(flag, culprit, tmp_path, capsys, monkeypatch):
     fails_cleanly([*TINY, flag], tmp_path, capsys, monkeypatch, culprit)
+
+
+def test_a_food_image_size_below_the_backbone_stride_is_one_error(tmp_path, capsys, monkeypatch):
+    food = Path(__file__).parents[1] / "experiments" / "food" / "resnet18_112.yaml"
+    fails_cleanly(["--config", str(food), "--data.init_args.root=.", "--data.init_args.image_size=1"],
+                  tmp_path, capsys, monkeypatch,
+                  "--data.init_args.image_size: must be an integer >= 32 (the backbones downsample 32x); got 1")
 
 
 def test_a_null_number_from_a_sweep_json_is_one_error(tmp_path, capsys, monkeypatch):
@@ -203,3 +211,13 @@ def test_extending_max_epochs_on_resume_follows_the_new_schedule_from_its_first_
     # train/lr is logged at the step it was used for, before the scheduler steps
     assert _lr_at(tmp_path / "resumed", first) == pytest.approx(_lr_at(tmp_path / "straight", first))
     assert _lr_at(tmp_path / "resumed", first) > 0.05
+
+
+def test_default_root_dir_holds_the_logs_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("CTXLIT_RUN_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, "--trainer.max_steps=2", f"--trainer.default_root_dir={tmp_path / 'elsewhere'}"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["elsewhere"]
+    assert (tmp_path / "elsewhere" / "runs" / "synthetic" / "version_0" / "metrics.csv").is_file()
+    assert list((tmp_path / "elsewhere" / "runs" / "wandb").glob("offline-run-*"))
