@@ -4,6 +4,7 @@ engine, given what the trials so far logged, as the W&B server would compute the
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -107,15 +108,18 @@ def test_a_stopped_trial_is_done_on_resume(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="flaky since late in stop 16: under load the real trial sometimes runs to its end "
-                          "unstopped; the decision itself is tested above. To be fixed next stop", strict=False)
 def test_hyperband_stops_a_real_trial_worse_than_the_finished_ones(tmp_path, offline_env):
     """Two finished trials reached val/loss 0 at every validation; the one trial that trains
-    here cannot, so hyperband stops it after its first validation, long before its 200 epochs."""
+    here cannot, so hyperband stops it after its first validation, long before its 200 epochs.
+
+    At a low lr: at the default 0.2 this tiny net's val/loss grew 1.4, 5.7, 59 over its first
+    epochs, and a history of NaNs (which W&B's engine filters out) is never judged: that made
+    this test flaky."""
     path = write_sweep(tmp_path / "hb.yaml", ["none", "se", "gc"], early_terminate=HYPERBAND,
                        metric={"name": "val/loss", "goal": "minimize"})
     sweep = yaml.safe_load(path.read_text())
-    sweep["parameters"].update({"trainer.max_steps": {"value": -1}, "trainer.max_epochs": {"value": 200}})
+    sweep["parameters"].update({"trainer.max_steps": {"value": -1}, "trainer.max_epochs": {"value": 200},
+                                "model.init_args.lr": {"value": 0.02}})
     path.write_text(yaml.safe_dump(sweep))
     runner = sweep_cli.Runner(path, root=tmp_path / "runs" / "sweeps", quiet=True)
     for trial in runner._grid_trials()[:2]:  # finished earlier, perfectly
@@ -128,6 +132,7 @@ def test_hyperband_stops_a_real_trial_worse_than_the_finished_ones(tmp_path, off
     records = trial_records(tmp_path / "runs" / "sweeps" / "tiny")
     assert [r["status"] for r in records.values()] == ["finished", "finished", "stopped"]
     validations = sweep_cli.metric_history(tmp_path / "runs" / "sweeps" / "tiny" / "trial-002", "val/loss")
+    assert all(math.isfinite(v["val/loss"]) for v in validations)
     assert 1 <= len(validations) < 200 and records["trial-002"]["metric"] == pytest.approx(validations[-1]["val/loss"])
     table = (tmp_path / "runs" / "sweeps" / "tiny" / "trials.md").read_text()
     assert "| stopped |" in table
