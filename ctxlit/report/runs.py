@@ -24,8 +24,9 @@ class ReportError(Exception):
     """An input the report cannot use; printed as one line, exit 2."""
 
 
-#: Config keys that differ between runs without being a knob: where the run wrote its files.
-NOT_KNOBS = ("trainer.logger", "trainer.default_root_dir", "ckpt_path")
+#: Config keys that differ between runs without being a knob: where a run writes its files and
+#: how it resumes, never what it studies.
+NOT_KNOBS = ("trainer.logger", "trainer.default_root_dir", "ckpt_path", "resume")
 #: The seed: runs that differ only in it form one group.
 SEED_KEY = "seed_everything"
 #: Keys holding a block; a group whose blocks are all ``none`` is a baseline.

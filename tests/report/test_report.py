@@ -129,3 +129,21 @@ def test_a_sweep_trial_that_never_started_is_listed_incomplete(study_runs, tmp_p
             f"error: model.init_args.block: unknown block 'bogus')") in out
     assert main([str(tmp_path / "sweep")]) == 2
     assert "no run here got as far as starting" in capsys.readouterr().err
+
+
+def test_a_resume_option_does_not_split_a_group(study_runs, tmp_path):
+    """Runs made before and after an option such as ``resume.allow_changed`` existed (or resumed
+    with one) are still one group: it says how a run resumes, not what it studies."""
+    import shutil
+
+    import yaml
+
+    for name in ("gc-seed0", "gc-seed1"):
+        shutil.copytree(study_runs / "study" / name, tmp_path / name, ignore=shutil.ignore_patterns("wandb", "checkpoints"))
+    config_path = tmp_path / "gc-seed1" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["resume"] = {"allow_changed": ["lr"]}
+    config["ckpt_path"] = "elsewhere/last.ckpt"
+    config_path.write_text(yaml.safe_dump(config))
+    (study,) = build_studies(find_runs([str(tmp_path)]))
+    assert len(study.groups) == 1 and sorted(study.groups[0].seeds) == [0, 1]
