@@ -86,18 +86,25 @@ def test_every_position_runs_in_forward(name):
 
 
 def test_several_plugins_at_one_position_chain_in_list_order():
+    """Through the built network (not the container alone): the second plugin reads the first's
+    output, and what follows reads the second's."""
+    seen = {}
+
     class AddOne(nn.Module):
         def __init__(self, channels, tag=""):
             super().__init__()
             self.tag = tag
 
-        def forward(self, x):
-            Probe.calls.append(self.tag)
+        def step(self, x):
             return x + 1
 
-    class Double(AddOne):
         def forward(self, x):
-            Probe.calls.append(self.tag)
+            out = self.step(x)
+            seen[self.tag] = (x.detach().clone(), out.detach().clone())
+            return out
+
+    class Double(AddOne):
+        def step(self, x):
             return x * 2
 
     spec = dict(stages=[4], blocks="last", position="after_add")
@@ -106,13 +113,18 @@ def test_several_plugins_at_one_position_chain_in_list_order():
         width=8,
         plugins=[{"block": functools.partial(AddOne, tag="a"), **spec}, {"block": functools.partial(Double, tag="b"), **spec}],
     )
-    seq = model.layer4[0].plugins["after_add"]
-    assert [type(m).__name__ for m in seq] == ["AddOne", "Double"]
-    x = torch.randn(1, 8 * 8, 2, 2)
-    torch.testing.assert_close(seq(x), (x + 1) * 2)  # the second reads the first's output
-    Probe.calls.clear()
-    model(torch.randn(2, 3, 32, 32))
-    assert Probe.calls == ["a", "b"]
+    assert [type(m).__name__ for m in model.layer4[0].plugins["after_add"]] == ["AddOne", "Double"]
+    features = {}
+    model.layer4.register_forward_hook(lambda module, args, out: features.setdefault("layer4", out))
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    a_in, a_out = seen["a"]
+    b_in, b_out = seen["b"]
+    torch.testing.assert_close(a_out, a_in + 1)
+    torch.testing.assert_close(b_in, a_out)  # chained: b read a's output, not the block's
+    torch.testing.assert_close(b_out, (a_in + 1) * 2)
+    torch.testing.assert_close(features["layer4"], b_out)  # the stage's output is b's
 
 
 def test_registry_block_with_options_and_state_dict_names():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -63,6 +65,26 @@ def test_nl_embedded_gaussian_is_unscaled_softmax():
     f = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # (N, L, L)
     y = (g @ f.transpose(1, 2)).reshape(2, C // 2, 8, 8)
     torch.testing.assert_close(block(x), x + block.bn(block.out(y)), rtol=1e-5, atol=1e-5)
+
+
+
+@pytest.mark.parametrize("mode", ["embedded_gaussian", "gaussian"])
+def test_nl_scaled_divides_the_logits_by_sqrt_d(mode):
+    """``scaled=True``: softmax(theta^T phi / sqrt(d)), d the embedding width, by hand; and not
+    the unscaled result (a block that ignored the option would pass the test above only)."""
+    block = NonLocal(C, mode=mode, scaled=True)
+    perturb(block)
+    block.eval()
+    x = sample()
+    theta = (x if block.theta is None else block.theta(x)).flatten(2)  # (N, D, L)
+    phi = (x if block.phi is None else block.phi(x)).flatten(2)
+    g = block.g(x).flatten(2)
+    logits = theta.transpose(1, 2) @ phi  # (N, L, L)
+    y_scaled, y_plain = ((g @ torch.softmax(logits / s, dim=-1).transpose(1, 2)).reshape(2, C // 2, 8, 8)
+                         for s in (math.sqrt(theta.shape[1]), 1.0))
+    out = block(x)
+    torch.testing.assert_close(out, x + block.bn(block.out(y_scaled)), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out, x + block.bn(block.out(y_plain)), rtol=1e-4, atol=1e-4)
 
 
 def test_nl_maps_for_query_positions():
