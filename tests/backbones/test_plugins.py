@@ -237,3 +237,22 @@ def test_replace_on_undilated_stages_of_a_dilated_resnet_still_works():
     # output_stride=16 dilates layer4 only: replacing in layer2 keeps the receptive field.
     model = build_backbone("resnet50", output_stride=16, plugins=[{"block": "sk", "stages": [2], "blocks": "last"}])
     assert type(model.layer2[-1].conv2).__name__ == "SelectiveKernelConv"
+
+
+@pytest.mark.parametrize("block", ["gc", "nl", "snl"])
+@pytest.mark.parametrize("zero_init_residual", [False, True])
+def test_inserted_blocks_keep_their_own_zero_init_in_the_built_network(block, zero_init_residual):
+    """The backbone initialises its convs before plugins go in, so each inserted residual block
+    still starts as the identity (GC's zero W_v, NL's zero BN gamma): out == in at every site."""
+    model = build_backbone("resnet18", width=16, zero_init_residual=zero_init_residual,
+                           plugins=[{"block": block, "stages": [2, 3, 4], "blocks": "all", "position": "after_add"}])
+    pairs = []
+    for info in describe_plugins(model):
+        module = model.get_submodule(info.path)
+        module.register_forward_hook(lambda m, args, out: pairs.append((args[0].detach().clone(), out.detach())))
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    assert len(pairs) == 6
+    for inputs, outputs in pairs:
+        torch.testing.assert_close(outputs, inputs, rtol=0, atol=0)
