@@ -73,7 +73,7 @@ def wandb_has_key() -> bool:
         return False
 
 
-def choose_wandb_mode() -> str:
+def choose_wandb_mode(quiet: bool = False) -> str:
     """Go offline unless the user chose a mode, has a key and can reach the server. A chosen
     ``online`` that cannot work (no key, or no route within :data:`PROBE_SECONDS`) raises
     :class:`WandbUnusable` instead of failing later with a traceback or a long wait."""
@@ -91,7 +91,8 @@ def choose_wandb_mode() -> str:
         raise WandbUnusable(f"WANDB_MODE=online, but {reason}: set WANDB_API_KEY (or `wandb login`) and check "
                             f"the route, or unset WANDB_MODE to log offline and `wandb sync` later")
     os.environ["WANDB_MODE"] = "offline"
-    print(f"[ctxlit] W&B logs offline ({reason}); upload later with `wandb sync`", file=sys.stderr)
+    if not quiet:
+        print(f"[ctxlit] W&B logs offline ({reason}); upload later with `wandb sync`", file=sys.stderr)
     return "offline"
 
 
@@ -111,9 +112,14 @@ def with_defaults(argv: list[str]) -> list[str]:
     return argv
 
 
+def starts_no_run(argv: list[str]) -> bool:
+    """``--help`` or ``--print_config``: nothing is logged, so no word about W&B."""
+    return any(a in ("-h", "--help") or a.startswith("--print_config") for a in argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        choose_wandb_mode()
+        choose_wandb_mode(quiet=starts_no_run(sys.argv[1:] if argv is None else argv))
     except WandbUnusable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

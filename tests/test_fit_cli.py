@@ -347,3 +347,17 @@ def test_checkpointing_can_be_switched_off(tmp_path, monkeypatch):
             "--trainer.enable_checkpointing=false", "--checkpoint.dirpath=ckpt"]
     assert main(args) == 0
     assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("flag", ["--help", "--print_config"])
+def test_help_and_print_config_say_nothing_about_wandb(flag, offline_env, tmp_path, capsys, monkeypatch):
+    """No run starts, so no "[ctxlit] W&B logs offline" line; a real run still says it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main([flag])
+    assert "W&B logs offline" not in capsys.readouterr().err
+    from ctxlit.fit import choose_wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    choose_wandb_mode()
+    assert "[ctxlit] W&B logs offline (no W&B API key" in capsys.readouterr().err
