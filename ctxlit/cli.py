@@ -18,6 +18,7 @@ one ``wandb agent`` runs (``python -m ctxlit.sweep`` sets both):
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -34,6 +35,16 @@ from ctxlit.parse_errors import one_line
 from ctxlit.tasks.attention_maps import AttentionMaps
 from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary, ValidateAtLastStep
 from ctxlit.tasks.faults import AtomicCheckpointIO, NonFiniteGuard
+
+
+class _DropLightningAdverts(logging.Filter):
+    """Lightning's tip to install its cloud logger, printed at every Trainer: not ours to show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightningAdverts())
 
 
 class CtxlitCLI(LightningCLI):

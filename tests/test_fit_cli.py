@@ -361,3 +361,15 @@ def test_help_and_print_config_say_nothing_about_wandb(flag, offline_env, tmp_pa
     monkeypatch.delenv("WANDB_MODE", raising=False)
     choose_wandb_mode()
     assert "[ctxlit] W&B logs offline (no W&B API key" in capsys.readouterr().err
+
+
+def test_lightning_cloud_logger_advert_is_filtered_but_its_other_messages_stay(capsys, caplog):
+    import logging
+
+    import ctxlit.cli  # noqa: F401  (installs the filter)
+
+    log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    with caplog.at_level(logging.INFO, logger=log.name):
+        log.info("💡 Tip: For seamless cloud logging ... try installing [litlogger](https://pypi.org/project/litlogger/)")
+        log.info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
