@@ -7,7 +7,7 @@ Usage::
     python -m ctxlit.summary resnet18_112 --input-size 112 --num-classes 10
     python -m ctxlit.summary hrnet_w18 --num-classes 0            # feature extractor
     python -m ctxlit.summary resnet50 --option output_stride=8 --input-size 512x1024
-    python -m ctxlit.summary experiments/food/glore_resnet18.yaml
+    python -m ctxlit.summary experiments/food/resnet18_112.yaml
 
 A YAML path is read as a LightningCLI config of ``ctxlit.tasks``: ``model.init_args``
 ``backbone``, ``backbone_options``, ``block`` (registry name, ``none`` or

@@ -51,7 +51,6 @@ def _named(fn: Callable[..., nn.Module], *args: Any, doc: str) -> Callable[..., 
         return fn(*args, **kwargs)
 
     builder.__doc__ = doc
-    builder.__wrapped_target__ = fn  # type: ignore[attr-defined]
     return builder
 
 

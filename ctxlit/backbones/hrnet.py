@@ -167,7 +167,6 @@ class HRNet(nn.Module):
             setattr(self, f"stage{s}", nn.Sequential(*(HighResolutionModule(blocks, channels) for _ in range(modules))))
             prev = list(channels)
         self.branch_channels = prev
-        self.feature_strides_all = [4, 8, 16, 32]
 
         if num_classes is not None:
             self.incre_modules = nn.ModuleList(

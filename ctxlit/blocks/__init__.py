@@ -1,6 +1,6 @@
 """Context and attention blocks, one file per block family, built by registry name.
 
-Two kinds of block (SPEC §3):
+Two kinds of block:
 
 * **add-on blocks** map ``(N, C, H, W) -> (N, C, H, W)``; constructor
   ``Block(channels: int, *, <options>)``.

@@ -60,7 +60,6 @@ class FoodDeliveryDataModule(ClassificationFolderDataModule):
     raises :class:`~ctxlit.errors.DatasetError` there, naming the path.
     """
 
-    layout = LAYOUT
 
     def __init__(
         self,

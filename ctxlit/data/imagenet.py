@@ -44,7 +44,6 @@ def read_synset_mapping(path: Path) -> dict[str, str]:
 class ImageNetDataModule(ClassificationFolderDataModule):
     """ImageNet in ``root/{train,val}/<wnid>/``; see the module docstring."""
 
-    layout = LAYOUT
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """Semantic segmentation: a dilated backbone, an FCN head with an optional context block.
 
-The SPEC's segmentation experiment is "dilated ResNet-50 with an FCN, GC, Non-local, GloRe or
-strip-pooling head": ``backbone_options: {output_stride: 8}`` and ``head_block`` picks the
+The Cityscapes study is a dilated ResNet-50 with an FCN, GC, Non-local, GloRe or strip-pooling
+head: ``backbone_options: {output_stride: 8}`` and ``head_block`` picks the
 context block inside the head (see :class:`ctxlit.heads.FCNHead`)::
 
     --model.init_args.head_block=none        # plain FCN
