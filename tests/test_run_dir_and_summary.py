@@ -8,6 +8,7 @@ import json
 
 import pytest
 import pytorch_lightning as pl
+import torch
 import yaml
 
 from ctxlit.fit import main
@@ -39,7 +40,17 @@ def test_run_dir_and_group_from_the_environment(tmp_path, offline_env, monkeypat
     assert summary["best"] == pytest.approx(max(float(r["val/acc1"]) for r in rows))
     assert summary["status"] == "finished" and summary["steps"] == 6
     assert summary["monitor"] == "val/acc1" and summary["task"] == "ClassificationTask"
-    assert summary["params"] > 0 and summary["flops"] > 0 and summary["images_per_sec"] > 0
+    # The costs are the trained network's: recounted here from its own checkpoint.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    task = pl.LightningModule.load_from_checkpoint(summary["last_checkpoint"], map_location="cpu")
+    assert summary["params"] == sum(p.numel() for p in task.network.parameters())
+    with FlopCounterMode(display=False) as counter:
+        task.network.eval()(torch.zeros(1, *summary["input_shape"]))
+    assert summary["flops"] == counter.get_total_flops()  # the default GC network has no SDPA
+    assert summary["images_per_sec"] == pytest.approx(summary["train_images"] / summary["train_seconds"])
+    # each epoch counts from the end of its first batch: (4 - 1) + (2 - 1) batches of 16
+    assert summary["train_images"] == (3 + 1) * 16
     assert yaml.safe_load((trial / "config.yaml").read_text())["trainer"]["max_steps"] == 6
 
 
