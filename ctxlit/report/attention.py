@@ -100,7 +100,7 @@ def context_maps(study: Study) -> tuple[bytes, str] | None:
     width = 1 + max(min(SPATIAL[kind], record["maps"][name].shape[1]) for _, record, (name, kind) in rows)
     image_h, image_w = rows[0][1]["images"].shape[-2:]
     cell = 2.4 * image_w / max(image_h, image_w)
-    fig, axes = plt.subplots(len(rows), width, figsize=(cell * width, 2.0 * len(rows) * image_h / image_w + 0.6),
+    fig, axes = plt.subplots(len(rows), width, figsize=(cell * width, len(rows) * (2.0 * image_h / image_w + 0.45) + 0.6),
                              squeeze=False)
     for r, (group, record, (name, kind)) in enumerate(rows):
         image = record["images"][IMAGE_INDEX]
