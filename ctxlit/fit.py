@@ -20,16 +20,14 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ctxlit.errors import ConfigError, CtxlitError
+
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 #: How long the probe of the W&B server may take: a run never waits longer on the network.
 PROBE_SECONDS = 3.0
-
-
-class WandbUnusable(Exception):
-    """``WANDB_MODE=online`` was asked for and cannot work; the message says why."""
 
 
 def wandb_base_url() -> str:
@@ -47,52 +45,52 @@ def wandb_base_url() -> str:
     return str(settings.base_url)
 
 
-def wandb_host() -> tuple[str, int]:
-    url = urlsplit(wandb_base_url())
-    return url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+def server_address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
 
 
-def wandb_reachable(timeout: float = PROBE_SECONDS) -> bool:
+def wandb_reachable(address: tuple[str, int], timeout: float = PROBE_SECONDS) -> bool:
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True  # a direct probe says nothing about the proxy route; let W&B try it
     try:
-        with socket.create_connection(wandb_host(), timeout=timeout):
+        with socket.create_connection(address, timeout=timeout):
             return True
     except OSError:
         return False
 
 
-def wandb_has_key() -> bool:
-    """An API key in the environment, or in the netrc file for the server wandb will use."""
+def wandb_has_key(host: str) -> bool:
+    """An API key in the environment, or in the netrc file for ``host`` (the server wandb uses)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        return netrc.netrc(str(path)).authenticators(wandb_host()[0]) is not None
+        return netrc.netrc(str(path)).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
 
 
-def choose_wandb_mode(quiet: bool = False) -> str:
+def choose_wandb_mode() -> str:
     """Go offline unless the user chose a mode, has a key and can reach the server. A chosen
-    ``online`` that cannot work (no key, or no route within :data:`PROBE_SECONDS`) raises
-    :class:`WandbUnusable` instead of failing later with a traceback or a long wait."""
+    ``online`` that cannot work (no key, or no route within :data:`PROBE_SECONDS`) is a
+    ``ConfigError`` instead of a traceback or a long wait later."""
     mode = os.environ.get("WANDB_MODE")
     if mode and mode != "online":
         return mode
-    if not wandb_has_key():
-        reason = f"no W&B API key for {wandb_base_url()}"
-    elif not wandb_reachable():
-        host, port = wandb_host()
+    url = wandb_base_url()
+    host, port = server_address(url)
+    if not wandb_has_key(host):
+        reason = f"no W&B API key for {url}"
+    elif not wandb_reachable((host, port)):
         reason = f"{host}:{port} not reachable within {PROBE_SECONDS:g} s"
     else:
         return "online"
     if mode == "online":
-        raise WandbUnusable(f"WANDB_MODE=online, but {reason}: set WANDB_API_KEY (or `wandb login`) and check "
-                            f"the route, or unset WANDB_MODE to log offline and `wandb sync` later")
+        raise ConfigError(f"WANDB_MODE=online, but {reason}: set WANDB_API_KEY (or `wandb login`) and check "
+                          f"the route, or unset WANDB_MODE to log offline and `wandb sync` later")
     os.environ["WANDB_MODE"] = "offline"
-    if not quiet:
-        print(f"[ctxlit] W&B logs offline ({reason}); upload later with `wandb sync`", file=sys.stderr)
+    print(f"[ctxlit] W&B logs offline ({reason}); upload later with `wandb sync`", file=sys.stderr)
     return "offline"
 
 
@@ -113,16 +111,17 @@ def with_defaults(argv: list[str]) -> list[str]:
 
 
 def starts_no_run(argv: list[str]) -> bool:
-    """``--help`` or ``--print_config``: nothing is logged, so no word about W&B."""
+    """``--help`` or ``--print_config``: nothing is logged, so W&B's mode does not matter."""
     return any(a in ("-h", "--help") or a.startswith("--print_config") for a in argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        choose_wandb_mode(quiet=starts_no_run(sys.argv[1:] if argv is None else argv))
-    except WandbUnusable as err:
+        if not starts_no_run(sys.argv[1:] if argv is None else argv):
+            choose_wandb_mode()
+    except CtxlitError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     from ctxlit.cli import run_cli  # heavy imports after the environment is settled
 
     if argv is None:

@@ -171,23 +171,29 @@ def test_wandb_online_with_no_route_fails_within_its_bound(offline_env, tmp_path
     assert f"127.0.0.1:{port} not reachable within 3 s" in err and "Traceback" not in err
 
 
-def test_a_netrc_login_counts_for_the_host_wandb_uses(offline_env, monkeypatch):
-    """``wandb login`` writes the key under wandb's own default host, whatever it is today."""
-    from ctxlit.fit import wandb_base_url, wandb_has_key, wandb_host
-
-    assert not wandb_has_key()
-    host = wandb_host()[0]
-    assert host and host in wandb_base_url()
-    netrc = offline_env["NETRC"]
-    with open(netrc, "w") as f:
-        f.write(f"machine {host}\n  login user\n  password {'k' * 40}\n")
+def test_a_netrc_login_counts_for_the_host_wandb_uses(offline_env, capsys, monkeypatch):
+    """``wandb login`` writes the key under wandb's own host, whatever it is today."""
     import os
 
-    os.chmod(netrc, 0o600)
-    assert wandb_has_key()
-    with open(netrc, "w") as f:
-        f.write(f"machine api.example.org\n  login user\n  password {'k' * 40}\n")
-    assert not wandb_has_key()
+    from ctxlit.fit import choose_wandb_mode, server_address, wandb_base_url, wandb_has_key
+
+    host = server_address(wandb_base_url())[0]
+    assert host and not wandb_has_key(host)
+    netrc = offline_env["NETRC"]
+
+    def login(machine: str) -> None:
+        with open(netrc, "w") as f:
+            f.write(f"machine {machine}\n  login user\n  password {'k' * 40}\n")
+        os.chmod(netrc, 0o600)
+
+    login(host)
+    assert wandb_has_key(host) and not wandb_has_key("api.example.org")
+    # The mode choice asks for the key of the server wandb resolves (here WANDB_BASE_URL's):
+    # a login for it gets past "no key" to the probe.
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+    login("127.0.0.1")
+    assert choose_wandb_mode() == "offline"
+    assert "not reachable within 3 s" in capsys.readouterr().err
 
 
 def _lr_at(run_dir, step: int) -> float:
