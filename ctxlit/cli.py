@@ -101,7 +101,7 @@ class CtxlitCLI(LightningCLI):
         place_loggers(config.trainer.logger, run_dir, os.environ.get("WANDB_RUN_GROUP"), config.trainer.get("default_root_dir"))
 
     def after_instantiate_classes(self) -> None:
-        saved = (getattr(self, "_resumed_hparams", None) or {}).get("num_classes")
+        saved = (self._resumed_hparams or {}).get("num_classes")
         given = getattr(self.datamodule, "num_classes", None)
         if saved is not None and given is not None and saved != given:
             raise ConfigError(f"--ckpt_path was trained for {saved} classes and this data has {given}: resume "

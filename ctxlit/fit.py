@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ctxlit.errors import ConfigError, CtxlitError
+from ctxlit.preflight import config_files
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -105,7 +106,7 @@ def with_defaults(argv: list[str]) -> list[str]:
         return argv
     if not argv or argv[0] not in SUBCOMMANDS:
         argv.insert(0, "fit")
-    if not any(a in ("-c", "--config") or a.startswith(("--config=", "-c=")) for a in argv):
+    if not config_files(argv):
         argv[1:1] = ["--config", str(DEFAULT_CONFIG)]
     return argv
 

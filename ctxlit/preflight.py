@@ -19,7 +19,7 @@ from pathlib import Path
 from ctxlit.errors import ConfigError
 
 #: dotted key -> (test, what it allows). A missing key (an option the chosen task or data
-#: module does not have) is not checked; ``None`` fails every numeric rule.
+#: module does not have) is not checked; ``None`` fails every numeric rule but :data:`OPTIONAL`'s.
 RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "model.init_args.lr": (lambda v: v > 0, "a number > 0"),
     "model.init_args.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
@@ -42,29 +42,16 @@ NUMBER_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 OPTIONAL = {"trainer.max_epochs", "data.init_args.num_workers"}
 
 
-def _get(config, dotted: str):
-    """``config``'s value at ``dotted`` (a jsonargparse Namespace or dicts); KeyError if absent."""
-    value = config
-    for part in dotted.split("."):
-        if isinstance(value, dict):
-            value = value[part]
-        else:
-            if not hasattr(value, part):
-                raise KeyError(dotted)
-            value = getattr(value, part)
-    return value
-
-
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_ranges(config) -> None:
+    """``config`` is the parsed jsonargparse Namespace, whose ``get`` follows dotted keys."""
     for key, (test, allowed) in {**RANGES, **NUMBER_RANGES}.items():
-        try:
-            value = _get(config, key)
-        except KeyError:
+        if key not in config:
             continue
+        value = config.get(key)
         if (value is None and key in OPTIONAL) or (key in NUMBER_RANGES and not _is_number(value)):
             continue
         ok = _is_number(value) and math.isfinite(value) and test(value)
@@ -123,10 +110,9 @@ def resume_changes(hparams: dict, model) -> dict[str, tuple[object, object]]:
     ``model`` is the config's ``model`` (``class_path`` + ``init_args``); ``num_classes`` is
     linked from the data and checked once the data module exists."""
     saved = {k: v for k, v in hparams.items() if k not in ("_instantiator", "_class_path", "num_classes")}
-    given = _get(model, "init_args")
-    given = given.as_dict() if hasattr(given, "as_dict") else dict(given or {})
+    given = model.init_args.as_dict()
     changes = {}
-    saved_class, given_class = hparams.get("_class_path"), _get(model, "class_path")
+    saved_class, given_class = hparams.get("_class_path"), model.class_path
     if saved_class and saved_class != given_class:
         changes["class_path"] = (saved_class, given_class)
     for key, value in saved.items():
