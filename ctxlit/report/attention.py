@@ -69,12 +69,12 @@ def _group_maps(group: Group) -> dict | None:
     return None
 
 
-def _recorded(study: Study):
-    """(group, maps record) for every group with recorded attention or a checkpoint."""
-    for group in study.groups:
-        found = _group_maps(group)
-        if found is not None:
-            yield group, found
+def recorded(study: Study) -> list[tuple[Group, dict]]:
+    """(group, maps record) for every group with recorded attention or a checkpoint. Read once
+    per study and shared by the figures: a record from a checkpoint costs a model load and a
+    forward pass."""
+    found = [(group, _group_maps(group)) for group in study.groups]
+    return [(group, record) for group, record in found if record is not None]
 
 
 def _deepest(record: dict) -> tuple[str, str] | None:
@@ -89,9 +89,9 @@ def _show_image(ax, image) -> None:
     ax.imshow(((image - low) / (high - low + 1e-12)).permute(1, 2, 0).numpy(), interpolation="nearest")
 
 
-def context_maps(study: Study) -> tuple[bytes, str] | None:
+def context_maps(records: list[tuple[Group, dict]]) -> tuple[bytes, str] | None:
     rows = []
-    for group, record in _recorded(study):
+    for group, record in records:
         chosen = _deepest(record)
         if chosen is not None:
             rows.append((group, record, chosen))
@@ -133,10 +133,10 @@ def context_maps(study: Study) -> tuple[bytes, str] | None:
     return png(fig), caption
 
 
-def sk_branch_weights(study: Study) -> tuple[bytes, str] | None:
+def sk_branch_weights(records: list[tuple[Group, dict]]) -> tuple[bytes, str] | None:
     """Mean branch weight per stage (over images, channels and the stage's SK convs)."""
     series = []
-    for group, record in _recorded(study):
+    for group, record in records:
         by_stage: dict[str, list] = defaultdict(list)
         for name, kind in record["kinds"].items():
             if kind == "SelectiveKernelConv":
@@ -163,7 +163,8 @@ def sk_branch_weights(study: Study) -> tuple[bytes, str] | None:
 def attention_figures(studies: list[Study]) -> dict[str, list[tuple[bytes, str]]]:
     figures: dict[str, list[tuple[bytes, str]]] = {}
     for study in studies:
-        made = [f for f in (context_maps(study), sk_branch_weights(study)) if f is not None]
+        records = recorded(study)
+        made = [f for f in (context_maps(records), sk_branch_weights(records)) if f is not None]
         if made:
             figures[study.task] = made
     return figures

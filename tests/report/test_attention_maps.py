@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from ctxlit.errors import ConfigError
-from ctxlit.report.attention import context_maps, latest_maps
+from ctxlit.report import attention as report_attention
+from ctxlit.report.attention import attention_figures, context_maps, latest_maps, recorded
 from ctxlit.report.runs import find_runs
 from ctxlit.report.study import build_studies
 from ctxlit.tasks.attention_maps import MIN_ROW_HEIGHT, AttentionMaps, checkpoint_maps, draw
@@ -82,8 +83,19 @@ def test_the_report_draws_attention_from_checkpoints_when_nothing_was_recorded(s
     for name in ("none-seed0", "gc-seed0"):
         shutil.copytree(study_runs / "study" / name, tmp_path / "runs" / name, ignore=shutil.ignore_patterns("attention"))
     (study,) = build_studies(find_runs([str(tmp_path / "runs")]))
-    figure = context_maps(study)
+    figure = context_maps(recorded(study))
     assert figure is not None and "epoch 1, last checkpoint" in figure[1]
     (run,) = find_runs([str(tmp_path / "runs" / "gc-seed0")])
     (tmp_path / "runs" / "gc-seed0" / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
     assert latest_maps(run) is None  # a damaged checkpoint leaves the figure out, not the report
+
+
+def test_each_runs_attention_is_read_once_for_all_figures(study_runs, monkeypatch):
+    """The context maps and the SK figure share one read per group (a checkpoint's costs a
+    model load and a forward pass)."""
+    reads = []
+    real = report_attention.latest_maps
+    monkeypatch.setattr(report_attention, "latest_maps", lambda run: reads.append(run.dir) or real(run))
+    (study,) = build_studies(find_runs([str(study_runs / "study")]))
+    assert attention_figures([study])
+    assert len(reads) == len(study.groups) == 2  # the lowest seed of each group has a record
