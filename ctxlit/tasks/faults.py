@@ -26,8 +26,10 @@ from ctxlit.errors import TrainingFailed
 
 
 def finite_state(module: torch.nn.Module) -> bool:
-    """Every floating-point parameter and buffer (BatchNorm's running stats too) is finite."""
-    return all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point())
+    """Every floating-point parameter and buffer (BatchNorm's running stats too) is finite.
+    One device-to-host sync for the whole state, not one per tensor."""
+    checks = [torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 class NonFiniteGuard(pl.Callback):
@@ -71,18 +73,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except OSError as err:
+        except BaseException as err:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise TrainingFailed(f"could not write checkpoint {path}: {err.strerror or err}; the previous "
-                                 f"{path.name}, if any, is kept") from err
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            if isinstance(err, OSError):
+                raise TrainingFailed(f"could not write checkpoint {path}: {err.strerror or err}; the previous "
+                                     f"{path.name}, if any, is kept") from err
             raise
         _fsync_folder(path.parent)
         remove_orphans(path.parent)
-        return None
 
 
 def _fsync_folder(folder: Path) -> None:
