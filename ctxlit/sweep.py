@@ -43,6 +43,8 @@ from pathlib import Path
 
 import yaml
 
+from ctxlit.utils.files import write_atomically
+
 SWEEPS_ROOT = Path("runs") / "sweeps"
 #: What ``${interpreter}`` and ``${env}`` become in ``wandb agent`` (wandb/wandb_agent.py).
 AGENT_INTERPRETER = "python"
@@ -236,11 +238,8 @@ class Trial:
         return self.dir / "trial.json"
 
     def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         record = {k: getattr(self, k) for k in ("index", "params", "status", "metric", "seconds", "error", "command")}
-        tmp = self.dir / ".trial.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, self.record_path)
+        write_atomically(self.record_path, json.dumps(record, indent=2) + "\n")
 
 
 def load_trial(path: Path) -> Trial | None:

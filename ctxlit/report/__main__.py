@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from ctxlit.report import __doc__ as DOC
-from ctxlit.report.render import write_atomically
 from ctxlit.report.runs import ReportError, find_runs
 from ctxlit.report.study import build_studies
+from ctxlit.utils.files import write_atomically
 
 
 def parser() -> argparse.ArgumentParser:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
 
 from ctxlit.report import figures
 from ctxlit.report.runs import shown_knobs
@@ -128,18 +125,3 @@ def html_report(studies: list[Study], attention: dict[str, list[tuple[bytes, str
     parts.append("</body></html>")
     return "\n".join(parts)
 
-
-def write_atomically(path: Path, text: str) -> None:
-    """All of the file or none of it: written beside its place, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -167,7 +167,7 @@ def publish(target: str, sweep: str | None, group: str | None, runs: list[str], 
     report, workspace = build(target, sweep, group, runs, metric, title)
     ok, why = online()
     if not ok:
-        from ctxlit.report.render import write_atomically
+        from ctxlit.utils.files import write_atomically
 
         write_atomically(spec_path, json.dumps(spec_of(report, workspace), indent=1) + "\n")
         print(f"[ctxlit] offline ({why}): nothing sent. The W&B report and workspace spec is in {spec_path};\n"

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from ctxlit.backbones import describe_plugins
 from ctxlit.tasks.faults import finite_state
 from ctxlit.utils.complexity import NOTE_NOT_COUNTED, measure_complexity
+from ctxlit.utils.files import write_atomically
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -162,10 +162,7 @@ class RunSummary(pl.Callback):
         """``summary.json`` beside ``metrics.csv`` and ``config.yaml``: what the sweep runner
         and ``ctxlit.report`` read. Written whole (temp file + rename), never half."""
         path = run_directory(trainer) / "summary.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.summary_record(trainer, status, error), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(self.summary_record(trainer, status, error), indent=2) + "\n")
         return path
 
     def summary_record(self, trainer: pl.Trainer, status: str, error: str | None = None) -> dict:
