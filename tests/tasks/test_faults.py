@@ -12,10 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ctxlit.data import SyntheticContextDataModule
 from ctxlit.errors import TrainingFailed
+from ctxlit.tasks import ClassificationTask
+from ctxlit.tasks.callbacks import BestAndLastCheckpoint
 from ctxlit.tasks.faults import AtomicCheckpointIO, finite_state, remove_orphans
 from tests.conftest import TINY, run_fit
 
@@ -31,9 +35,30 @@ def test_a_non_finite_loss_stops_the_run_failed_with_no_non_finite_checkpoint(tm
     assert "Traceback" not in result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "non-finite training loss" in summary["error"]
-    for checkpoint in run_dir.glob("checkpoints/*.ckpt"):  # none, or only finite ones
-        state = torch.load(checkpoint, weights_only=True)["state_dict"]
-        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()), checkpoint
+    assert not list(run_dir.glob("checkpoints/*.ckpt"))  # it stopped inside epoch 0, before any save
+
+
+class PoisonRunningStats(pl.Callback):
+    """Sets one BatchNorm running_var to inf after each training epoch, before the checkpoint
+    callback (Lightning runs ModelCheckpoint last) saves: the losses stay finite."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        next(m for m in pl_module.modules() if isinstance(m, nn.BatchNorm2d)).running_var[0] = float("inf")
+
+
+def test_no_best_or_last_checkpoint_of_a_non_finite_state(tmp_path):
+    dm = SyntheticContextDataModule(train_size=32, val_size=16, image_size=(16, 32), batch_size=16)
+    task = ClassificationTask(num_classes=dm.num_classes, block="none", backbone_options={"width": 8})
+
+    def fit(callbacks):
+        folder = tmp_path / str(len(callbacks))
+        checkpoint = BestAndLastCheckpoint(dirpath=folder, monitor="val/acc1", mode="max", save_last=True)
+        pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                   callbacks=[*callbacks, checkpoint], default_root_dir=tmp_path).fit(task, datamodule=dm)
+        return sorted(p.name for p in folder.glob("*.ckpt"))
+
+    assert fit([]) == ["epoch=0-step=2.ckpt", "last.ckpt"]  # a finite state is saved, best and last
+    assert fit([PoisonRunningStats()]) == []
 
 
 def test_finite_state_sees_batchnorm_running_stats():
