@@ -107,25 +107,32 @@ def test_a_stopped_trial_is_done_on_resume(tmp_path):
     assert [t.status for t in again] == ["stopped", "pending"]
 
 
+EPOCHS = 1000
+
+
 @pytest.mark.slow
 def test_hyperband_stops_a_real_trial_worse_than_the_finished_ones(tmp_path, offline_env):
-    """Two finished trials reached val/loss 0 at every validation; the one trial that trains
-    here cannot, so hyperband stops it after its first validation, long before its 200 epochs.
+    """Two finished trials reached val/loss 0 at every one of their 1000 validations; the one
+    trial that trains here cannot, so hyperband stops it at the runner's first check, long
+    before its 1000 epochs.
 
-    At a low lr: at the default 0.2 this tiny net's val/loss grew 1.4, 5.7, 59 over its first
-    epochs, and a history of NaNs (which W&B's engine filters out) is never judged: that made
-    this test flaky."""
+    The finished histories are as long as the trial's budget: the engine judges a running trial
+    at the largest band its history has reached, with a threshold from the runs that reached it
+    too. With 10-entry finished histories, a trial that ran 16 epochs before the runner's first
+    check (a fast machine does, in the 5 s between checks) was judged against itself alone and
+    never stopped. At a low lr: at 0.2 this tiny net's val/loss grew to NaN, which the engine
+    filters out, so that history was never judged either."""
     path = write_sweep(tmp_path / "hb.yaml", ["none", "se", "gc"], early_terminate=HYPERBAND,
                        metric={"name": "val/loss", "goal": "minimize"})
     sweep = yaml.safe_load(path.read_text())
-    sweep["parameters"].update({"trainer.max_steps": {"value": -1}, "trainer.max_epochs": {"value": 200},
+    sweep["parameters"].update({"trainer.max_steps": {"value": -1}, "trainer.max_epochs": {"value": EPOCHS},
                                 "model.init_args.lr": {"value": 0.02}})
     path.write_text(yaml.safe_dump(sweep))
     runner = sweep_cli.Runner(path, root=tmp_path / "runs" / "sweeps", quiet=True)
     for trial in runner._grid_trials()[:2]:  # finished earlier, perfectly
         trial.status, trial.metric, trial.seconds = "finished", 0.0, 1.0
         trial.save()
-        log_history(trial.dir, "val/loss", [0.0] * 10)
+        log_history(trial.dir, "val/loss", [0.0] * EPOCHS)
     result = subprocess.run([sys.executable, "-m", "ctxlit.sweep", "run", str(path)], cwd=tmp_path,
                             env=runner_env(offline_env), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -133,6 +140,6 @@ def test_hyperband_stops_a_real_trial_worse_than_the_finished_ones(tmp_path, off
     assert [r["status"] for r in records.values()] == ["finished", "finished", "stopped"]
     validations = sweep_cli.metric_history(tmp_path / "runs" / "sweeps" / "tiny" / "trial-002", "val/loss")
     assert all(math.isfinite(v["val/loss"]) for v in validations)
-    assert 1 <= len(validations) < 200 and records["trial-002"]["metric"] == pytest.approx(validations[-1]["val/loss"])
+    assert 1 <= len(validations) < EPOCHS and records["trial-002"]["metric"] == pytest.approx(validations[-1]["val/loss"])
     table = (tmp_path / "runs" / "sweeps" / "tiny" / "trials.md").read_text()
     assert "| stopped |" in table
