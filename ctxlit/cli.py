@@ -177,7 +177,7 @@ def run_cli(argv: list[str], from_command_line: bool = False) -> int:
     except SIGTERMException:
         # Lightning turns SIGTERM into an exit with status 0; a pre-empted run did not succeed.
         print("error: stopped by SIGTERM; resume with --ckpt_path <run dir>/checkpoints/last.ckpt "
-              "(the last epoch boundary)", file=sys.stderr)
+              "(the state at the signal, saved above)", file=sys.stderr)
         code = 128 + signal.SIGTERM
     finally:
         finish_wandb(code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,18 @@ def run_fit(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 30
         [sys.executable, "-m", "ctxlit.fit", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
+
+
+class SigtermAtStep(pl.Callback):
+    """Send this process SIGTERM after ``step`` optimizer steps, as a cluster pre-empting the
+    job would: Lightning's handler stops the fit at the next batch boundary."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class StopAtStep(pl.Callback):

@@ -7,7 +7,8 @@ import torch
 
 from ctxlit.backbones import build_backbone
 from ctxlit.data import SyntheticContextDataModule, SyntheticContextDataset
-from ctxlit.data.synthetic import FreshSamplesSampler, glyph_bank
+from ctxlit.data.sampling import TrainSampler
+from ctxlit.data.synthetic import glyph_bank
 from ctxlit.errors import ConfigError
 
 
@@ -151,7 +152,7 @@ def test_data_module_exposes_classes_and_shape():
 
 def test_sampler_order_depends_only_on_seed_and_epoch():
     data = list(range(50))
-    s1, s2 = FreshSamplesSampler(data, seed=1, fresh=False), FreshSamplesSampler(data, seed=1, fresh=False)
+    s1, s2 = TrainSampler(data, seed=1), TrainSampler(data, seed=1)
     s1.set_epoch(3)
     s2.set_epoch(3)
     assert list(s1) == list(s2) and sorted(s1) == data and len(s1) == 50
@@ -160,7 +161,7 @@ def test_sampler_order_depends_only_on_seed_and_epoch():
 
 
 def test_fresh_samples_every_epoch():
-    sampler = FreshSamplesSampler(list(range(10)), seed=0)
+    sampler = TrainSampler(list(range(10)), seed=0, stream=True)
     epochs = []
     for epoch in range(3):
         sampler.set_epoch(epoch)

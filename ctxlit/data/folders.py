@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ctxlit.data.sampling import evaluation_sampler
+from ctxlit.data.sampling import ResumableTrainData, SeededAugmentation, evaluation_sampler, run_seed
 from ctxlit.errors import DatasetError
 
 try:  # torchvision >= 0.29 deprecates its image codecs in favour of torchcodec; still the fastest here
@@ -372,7 +372,7 @@ def describe_skipped(skipped: Sequence[tuple[Path, str]], limit: int = 10) -> st
     return "\n".join(lines)
 
 
-class FolderDataModule(pl.LightningDataModule):
+class FolderDataModule(ResumableTrainData, pl.LightningDataModule):
     """Loader plumbing shared by the folder-backed data modules.
 
     Workers: ``num_workers=None`` picks one per usable core less one (at most 8); persistent
@@ -423,14 +423,18 @@ class FolderDataModule(pl.LightningDataModule):
             drop_last=train and len(dataset) >= batch_size,  # no size-1 last batch for BatchNorm
         )
 
-    def train_sampler(self) -> Sampler | None:
-        """The training sampler; None shuffles (subclasses may balance classes)."""
+    def train_weights(self) -> torch.Tensor | None:
+        """Per-sample draw weights for the training sampler (subclasses may balance classes);
+        None draws a permutation."""
         return None
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
-        return self._loader(self.train_dataset, train=True, sampler=self.train_sampler())
+        seed = run_seed()
+        sampler = self.train_sampler_for(self.train_dataset, seed=seed, batch_size=self.batch_size,
+                                         stream=True, weights=self.train_weights())
+        return self._loader(SeededAugmentation(self.train_dataset, seed), train=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:

@@ -17,8 +17,9 @@ Class imbalance (``balance``):
   per class (``n_c`` training images of class c, N in all, K classes; mean weight over the
   samples is 1). The classification task passes ``trainer.datamodule.class_weights`` to its
   cross-entropy when the attribute is present and not None.
-- ``"sampler"``: a ``WeightedRandomSampler`` (with replacement, one epoch = N draws) so that
-  every class is drawn equally often; under DDP Lightning wraps it in a distributed sampler.
+- ``"sampler"``: weighted draws (with replacement, one epoch = N draws, set by the seed and the
+  epoch as every training order is: :class:`ctxlit.data.sampling.TrainSampler`) so that every
+  class is drawn equally often; under DDP each rank reads its shard of the draws.
 
 ``cache=True`` decodes every image once, resizes its shorter side to ``resize_size`` (128 for
 112 px) and keeps the uint8 pixels in one in-memory buffer; ``cache_dir`` stores that buffer on
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch.utils.data import Sampler, WeightedRandomSampler
 
 from ctxlit.data.folders import ClassificationFolderDataModule, class_folders, require_dir, scan_class_folders
 from ctxlit.data.transforms import eval_resize_size
@@ -140,13 +140,11 @@ class FoodDeliveryDataModule(ClassificationFolderDataModule):
         weights = counts.sum() / (len(counts) * counts.clamp(min=1))
         return weights.where(counts > 0, torch.zeros_like(weights)).float()
 
-    def train_sampler(self) -> Sampler | None:
+    def train_weights(self) -> torch.Tensor | None:
         if self.balance != "sampler":
             return None
         counts = self.train_counts
-        targets = self.train_dataset.targets
-        weights = torch.tensor([1.0 / counts[t] for t in targets], dtype=torch.double)
-        return WeightedRandomSampler(weights, num_samples=len(targets), replacement=True)
+        return torch.tensor([1.0 / counts[t] for t in self.train_dataset.targets], dtype=torch.double)
 
     def counts_table(self) -> str:
         table = super().counts_table()

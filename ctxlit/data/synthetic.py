@@ -46,9 +46,9 @@ import math
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from ctxlit.data.sampling import evaluation_sampler
+from ctxlit.data.sampling import ResumableTrainData, evaluation_sampler
 from ctxlit.errors import ConfigError
 
 # The glyph bank defines the task, so it is fixed across data seeds.
@@ -86,9 +86,9 @@ class SyntheticContextDataset(Dataset):
     """Deterministic samples of the cue-and-candidates task; item = (image, label).
 
     Sample ``i`` of a split is defined for every ``i >= 0`` (an endless stream); ``length`` is
-    how many make up one epoch. :class:`FreshSamplesSampler` reads a new stretch of the stream
-    every epoch, so a network cannot memorise its training set. ``image_size`` is
-    ``(height, width)``.
+    how many make up one epoch. The training sampler (:class:`ctxlit.data.sampling.TrainSampler`
+    with ``stream=True``) reads a new stretch of the stream every epoch, so a network cannot
+    memorise its training set. ``image_size`` is ``(height, width)``.
     """
 
     def __init__(
@@ -151,35 +151,7 @@ class SyntheticContextDataset(Dataset):
         image[:, y : y + g, x : x + g] = patch * (1 - mask) + self.colours[colour][:, None, None] * mask
 
 
-class FreshSamplesSampler(Sampler[int]):
-    """Epoch ``e`` reads stream indices ``e*N .. e*N + N-1`` in an order set by ``(seed, e)``.
-
-    With ``fresh=False`` every epoch reads the same ``N`` samples (a fixed training set).
-    The order depends only on ``(seed, epoch)``: Lightning calls ``set_epoch`` on samplers
-    that have it, so a run resumed from a checkpoint sees the same batches as an
-    uninterrupted one (the global RNG is not in the checkpoint).
-    """
-
-    def __init__(self, data_source: Dataset, seed: int = 0, fresh: bool = True) -> None:
-        self.data_source = data_source
-        self.seed = seed
-        self.fresh = fresh
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.data_source)
-
-    def __iter__(self):
-        n = len(self.data_source)
-        offset = self.epoch * n if self.fresh else 0
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
-        return iter((order + offset).tolist())
-
-
-class SyntheticContextDataModule(pl.LightningDataModule):
+class SyntheticContextDataModule(ResumableTrainData, pl.LightningDataModule):
     """The built-in benchmark: needs no data on disk, runs on a laptop CPU in minutes.
 
     Args:
@@ -251,7 +223,11 @@ class SyntheticContextDataModule(pl.LightningDataModule):
         return (3, *self.hparams.image_size)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, sampler=FreshSamplesSampler(self.train_set, self.seed, self.fresh_samples))
+        # Epoch e reads stream indices e*N .. e*N + N-1 (the same N with fresh_samples=false),
+        # in an order set by (seed, e).
+        sampler = self.train_sampler_for(self.train_set, seed=self.seed, batch_size=self.batch_size,
+                                         stream=self.fresh_samples)
+        return self._loader(self.train_set, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, sampler=evaluation_sampler(self.val_set, self.trainer))

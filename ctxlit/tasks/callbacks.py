@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +38,16 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         self._refresh_last(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Lightning raises SIGTERMException between batches (all DDP ranks together), so the
+        # state is consistent: save it as last.ckpt, which resumes mid-epoch exactly (the data
+        # module's checkpoint state says where in the epoch it stood). A SIGTERM during
+        # validation is resumed after that validation: Lightning does not rerun it.
+        if isinstance(exception, SIGTERMException) and self.save_last:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            if trainer.is_global_zero and self.last_model_path:
+                print(f"[ctxlit] SIGTERM at step {trainer.global_step}: saved {self.last_model_path}", file=sys.stderr)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         # Never a best or last checkpoint of NaN/Inf weights or running stats: last.ckpt stays

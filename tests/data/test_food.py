@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from torch.utils.data import RandomSampler, WeightedRandomSampler
+from ctxlit.data.sampling import TrainSampler
 
 from ctxlit.data import FoodDeliveryDataModule
 from ctxlit.errors import ConfigError, DatasetError
@@ -68,15 +68,19 @@ def test_loss_weights_and_sampler(food_flat, capsys):
     weighted.setup("fit")
     out = capsys.readouterr().out
     assert "burger" in out and "10" in out and "total" in out and "balance=loss_weights" in out
-    assert isinstance(weighted.train_dataloader().sampler, RandomSampler)
+    plain = weighted.train_dataloader().sampler
+    assert isinstance(plain, TrainSampler) and plain.weights is None
+    assert sorted(i % 17 for i in plain) == list(range(17))  # a permutation
 
     sampled = food(food_flat, balance="sampler")
     assert sampled.class_weights is None
     sampled.setup("fit")
     sampler = sampled.train_dataloader().sampler
-    assert isinstance(sampler, WeightedRandomSampler) and sampler.replacement and sampler.num_samples == 17
-    torch.manual_seed(0)
-    draws = collections.Counter(sampled.train_dataset.targets[i] for _ in range(200) for i in sampler)
+    assert isinstance(sampler, TrainSampler) and len(sampler) == 17
+    draws = collections.Counter()
+    for epoch in range(200):
+        sampler.set_epoch(epoch)
+        draws.update(sampled.train_dataset.targets[i % 17] for i in sampler)
     shares = [draws[c] / sum(draws.values()) for c in range(3)]
     assert all(abs(s - 1 / 3) < 0.03 for s in shares), shares  # balanced although counts are 10/5/2
 
@@ -201,3 +205,4 @@ def test_worker_errors_keep_the_file_name(food_split):
     dm.setup("fit")
     with pytest.raises(DatasetError, match=r"DataLoader worker(?s:.*)cannot decode image file .*(cut|text)\.jpg"):
         next(iter(dm.train_dataloader()))
+

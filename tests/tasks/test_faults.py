@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -180,3 +181,6 @@ def test_sigterm_exits_non_zero_and_the_run_is_marked_interrupted(tmp_path, offl
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["epoch"] < 499
+    # last.ckpt is the state at the signal, not the last epoch boundary
+    step = int(re.search(r"\[ctxlit\] SIGTERM at step (\d+): saved (.*last\.ckpt)", err).group(1))
+    assert checkpoint["global_step"] == step
