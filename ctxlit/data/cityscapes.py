@@ -172,6 +172,9 @@ class CityscapesDataModule(FolderDataModule):
         """``(C, H, W)`` of one training crop, for FLOP counting."""
         return (3, self.crop_height, self.crop_width)
 
+    def validation_files(self) -> list[Path]:
+        return [*self.val_images, *self.val_labels]
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None:
             if self.skipped:

@@ -195,14 +195,28 @@ def scan_class_folders(
     return per_class
 
 
-def find_unreadable(paths: Sequence[Path], threads: int | None = None) -> list[tuple[Path, str]]:
-    """Fully decode every file (threaded); return ``(path, reason)`` for each one that fails."""
+def find_unreadable(paths: Sequence[Path], threads: int | None = None, header_only: bool = False) -> list[tuple[Path, str]]:
+    """Decode every file (threaded); return ``(path, reason)`` for each one that fails.
+
+    ``header_only`` opens each file and identifies it without decoding the pixels: an empty
+    file, random bytes or another format is found at a small fraction of the cost of a decode;
+    a truncated image is found only when it is decoded.
+    """
 
     def check(path: Path) -> tuple[Path, str] | None:
         try:
-            decode_rgb(path)
+            if not header_only:
+                decode_rgb(path)
+            elif os.path.getsize(path) == 0:
+                return path, f"image file {path} is empty (0 bytes)"
+            else:
+                with Image.open(path):
+                    pass
         except DatasetError as error:
             return path, str(error)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            reason = str(error).replace(f"'{path}'", "").strip() or type(error).__name__
+            return path, f"cannot decode image file {path}: {reason} (corrupt or not an image)"
         return None
 
     with ThreadPoolExecutor(max_workers=threads or default_threads()) as pool:
@@ -405,6 +419,7 @@ class FolderDataModule(ResumableTrainData, pl.LightningDataModule):
         self.class_names: list[str] = []
         self.train_dataset: Dataset | None = None  # built by the subclass's setup()
         self.val_dataset: Dataset | None = None
+        self._val_files_checked = False
 
     @property
     def num_classes(self) -> int:
@@ -436,10 +451,26 @@ class FolderDataModule(ResumableTrainData, pl.LightningDataModule):
                                          stream=True, weights=self.train_weights())
         return self._loader(SeededAugmentation(self.train_dataset, seed), train=True, sampler=sampler)
 
+    def validation_files(self) -> list[Path]:
+        """Every file the validation set reads (subclasses list theirs)."""
+        return []
+
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:
             self.setup("validate")
+        if not self._val_files_checked and not getattr(self, "skip_unreadable", False):
+            self._check_validation_files()
         return self._loader(self.val_dataset, train=False, sampler=evaluation_sampler(self.val_dataset, self.trainer))
+
+    def _check_validation_files(self) -> None:
+        """Open every validation file's header before the first validation: the sanity check reads
+        two batches only, so a bad file further on would otherwise stop the run at its first
+        validation, after a whole training epoch (skip_unreadable=true skips such files instead)."""
+        bad = find_unreadable(self.validation_files(), header_only=True)
+        self._val_files_checked = True
+        if bad:
+            more = f" (and {len(bad) - 1} more validation files)" if len(bad) > 1 else ""
+            raise DatasetError(f"{bad[0][1]}{more}; fix or remove it, or set data.init_args.skip_unreadable=true")
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
@@ -562,6 +593,9 @@ class ClassificationFolderDataModule(FolderDataModule):
         else:
             transform = T.classification_eval(self.image_size, None if self.cache else self.resize_size)
         return LabelledImages(paths, targets, transform, cache, self.skip_unreadable)
+
+    def validation_files(self) -> list[Path]:
+        return self._flatten(self.val_files)[0]
 
     def prepare_data(self) -> None:
         """With ``cache_dir``: build the on-disk cache once (rank 0) before the ranks load it."""

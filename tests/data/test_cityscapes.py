@@ -207,3 +207,12 @@ def test_training_steps_with_lightning(cityscapes_tree, tmp_path):
     trainer.fit(model, datamodule=dm)
     assert model.seen == [(torch.float32, torch.int64, (2, 24, 40))] * 3
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
+
+
+def test_a_bad_validation_label_is_found_before_the_first_validation(cityscapes_tree):
+    labels = sorted((cityscapes_tree / "gtFine" / "val").rglob("*_labelIds.png"))
+    labels[-1].write_bytes(b"not a png")
+    dm = cityscapes(cityscapes_tree, batch_size=5)
+    dm.setup("fit")
+    with pytest.raises(DatasetError, match=rf"cannot decode image file .*{labels[-1].name}"):
+        dm.val_dataloader()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import collections
 import shutil
+from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from ctxlit.data.sampling import TrainSampler
 
@@ -206,3 +208,58 @@ def test_worker_errors_keep_the_file_name(food_split):
     with pytest.raises(DatasetError, match=r"DataLoader worker(?s:.*)cannot decode image file .*(cut|text)\.jpg"):
         next(iter(dm.train_dataloader()))
 
+
+def test_bad_validation_files_are_found_before_the_first_validation(food_split):
+    """The sanity check reads two batches: every validation file's header is opened first, so a
+    bad file anywhere in the split stops the run before it trains an epoch."""
+    (food_split / "val" / "salad" / "empty.jpg").write_bytes(b"")
+    (food_split / "val" / "noodles" / "noise.jpg").write_bytes(bytes(range(256)) * 4)
+    good = food_split / "val" / "burger" / "burger_000.jpg"
+    data = good.read_bytes()
+    (food_split / "val" / "burger" / "cut.jpg").write_bytes(data[: len(data) // 2])  # a header, half the pixels
+    dm = food(food_split, batch_size=20)
+    dm.setup("fit")
+    with pytest.raises(DatasetError) as error:
+        dm.val_dataloader()
+    message = str(error.value)
+    assert ("noise.jpg" in message or "empty.jpg" in message) and "(and 1 more validation files)" in message
+    assert "data.init_args.skip_unreadable=true" in message and "cut.jpg" not in message
+    next(iter(dm.train_dataloader()))  # training files are not opened ahead (an epoch reads them anyway)
+    (food_split / "val" / "salad" / "empty.jpg").unlink()
+    (food_split / "val" / "noodles" / "noise.jpg").unlink()
+    dm = food(food_split, batch_size=20)
+    dm.setup("fit")
+    loader = dm.val_dataloader()  # a truncated file passes the header: decoding names it
+    with pytest.raises(DatasetError, match=r"cut\.jpg"):
+        list(loader)
+    skipping = food(food_split, skip_unreadable=True, batch_size=20)
+    skipping.setup("fit")
+    assert skipping.val_counts == [2, 2, 1] and sum(len(t) for _, t in skipping.val_dataloader()) == 5
+
+
+def test_fit_with_a_bad_validation_file_stops_before_training(food_split, tmp_path, monkeypatch, capsys):
+    from ctxlit.fit import main
+
+    (food_split / "val" / "salad" / "zz_noise.jpg").write_bytes(b"\x00" * 1000)  # 6th of 6: past the sanity batches (2 + 1 prefetched)
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[2] / "experiments" / "food" / "resnet18_112.yaml"
+    code = main(["--config", str(config), f"--data.init_args.root={food_split}", "--data.init_args.image_size=32",
+                 "--data.init_args.batch_size=2", "--data.init_args.val_batch_size=1", "--data.init_args.num_workers=0",
+                 "--model.init_args.backbone=resnet10", "--model.init_args.backbone_options={width: 8, stem: cifar}",
+                 "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.logger=false",
+                 "--trainer.enable_progress_bar=false", "--checkpoint.dirpath=ckpt",
+                 "--trainer.callbacks+=tests.data.test_food.StepsAtFailure", "--trainer.callbacks.path=steps.txt"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: cannot decode image file ") and "zz_noise.jpg" in err
+    assert (tmp_path / "steps.txt").read_text() == "0"  # not a step was trained
+
+
+class StepsAtFailure(pl.Callback):
+    """Writes the number of optimizer steps trained when the fit failed to ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        Path(self.path).write_text(str(trainer.global_step))
