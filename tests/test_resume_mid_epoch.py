@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ctxlit.fit import main
-from tests.conftest import TINY
+from tests.conftest import TINY, run_fit
 from tests.data.conftest import make_class_tree
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -76,3 +76,21 @@ def test_resume_from_an_every_n_train_steps_checkpoint_equals_the_uninterrupted_
     assert mid["global_step"] == 5 and mid["epoch"] == 1  # one batch into epoch 1
     assert main([*base, "--checkpoint.dirpath=resumed", "--ckpt_path=straight/step5.ckpt"]) == 0
     _assert_equal_runs(_weights(Path("straight/last.ckpt")), mid["state_dict"], _weights(Path("resumed/last.ckpt")))
+
+
+@pytest.mark.slow
+def test_ddp_resume_mid_epoch_reads_each_ranks_remaining_shard(tmp_path, offline_env):
+    """Two CPU processes: each rank skips its own trained batches of the step checkpoint."""
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+    base = [*TINY, *ddp, "--trainer.logger=false", "--trainer.max_epochs=3"]  # 2 steps per epoch and rank
+    keep = ["--checkpoint.every_n_train_steps=3", "--checkpoint.save_top_k=-1", "--checkpoint.filename=step{step}",
+            "--checkpoint.monitor=null"]
+    straight = run_fit([*base, *keep, "--checkpoint.dirpath=straight"], cwd=tmp_path, env=offline_env)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    mid = torch.load(tmp_path / "straight" / "step3.ckpt", map_location="cpu", weights_only=False)
+    assert mid["global_step"] == 3 and mid["epoch"] == 1
+    resumed = run_fit([*base, "--checkpoint.dirpath=resumed", "--ckpt_path=straight/step3.ckpt"],
+                      cwd=tmp_path, env=offline_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_equal_runs(_weights(tmp_path / "straight" / "last.ckpt"), mid["state_dict"],
+                       _weights(tmp_path / "resumed" / "last.ckpt"))
