@@ -18,6 +18,7 @@ one ``wandb agent`` runs (``python -m ctxlit.sweep`` sets both):
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -48,6 +49,16 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightn
 
 
 class CtxlitCLI(LightningCLI):
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        # ``fit`` is the default subcommand (ctxlit.fit inserts it), so its usage line and the
+        # tip under an error read without it: jsonargparse names it "python -m ctxlit.fit
+        # [options] fit", which its tip printed as "python -m ctxlit.fit fit --help".
+        for action in self.parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, subparser in action.choices.items():
+                    subparser.prog = self.parser.prog if name == "fit" else f"{self.parser.prog} {name}"
+
     def init_parser(self, **kwargs):
         kwargs.setdefault("prog", "python -m ctxlit.fit")
         # --trainer.max_epoch is a typo, not max_epochs: in a sweep file it would pass unseen.

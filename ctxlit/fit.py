@@ -102,8 +102,9 @@ def with_defaults(argv: list[str]) -> list[str]:
     the argv rank 0 already saw, so this must be idempotent: only add what is missing.
     """
     argv = list(argv)
-    if argv and argv[0] in {"-h", "--help"}:
-        return argv
+    if argv and argv[0] in {"-h", "--help"}:  # the options of fit, the default, with its defaults
+        print(f"python -m ctxlit.fit runs `fit` unless another subcommand comes first: "
+              f"{', '.join(SUBCOMMANDS[1:])} (each with --help). The options of fit:")
     if not argv or argv[0] not in SUBCOMMANDS:
         argv.insert(0, "fit")
     if not config_files(argv):

@@ -374,3 +374,23 @@ def test_lightning_cloud_logger_advert_is_filtered_but_its_other_messages_stay(c
         log.info("💡 Tip: For seamless cloud logging ... try installing [litlogger](https://pypi.org/project/litlogger/)")
         log.info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+
+
+def test_top_level_help_shows_the_options_of_fit_and_names_the_other_subcommands(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    assert out.startswith("python -m ctxlit.fit runs `fit` unless another subcommand comes first: "
+                          "validate, test, predict (each with --help)")
+    assert "usage: python -m ctxlit.fit [-c CONFIG]" in out and "--trainer.max_epochs" in out and "--checkpoint.dirpath" in out
+
+
+@pytest.mark.parametrize("subcommand, tip", [([], "python -m ctxlit.fit --help"),
+                                             (["validate"], "python -m ctxlit.fit validate --help")])
+def test_the_tip_under_an_error_names_a_command_that_exists(subcommand, tip, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([*subcommand, "--trainer.max_epoch=3"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert f"tip: For details of accepted options run: {tip}\n" in err and "fit fit" not in err
