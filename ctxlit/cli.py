@@ -25,6 +25,7 @@ import signal
 import sys
 
 import pytorch_lightning as pl
+import torch
 from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -86,6 +87,9 @@ class CtxlitCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.add_argument("--resume.allow_changed", type=list[str], default=[],
                             help="model options (init_args keys) a --ckpt_path resume may change, e.g. [lr]")
+        parser.add_argument("--threads", type=int | None, default=None,
+                            help="CPU threads for the math of this process (torch.set_num_threads); default: "
+                                 "torch's, one per core. On a shared CPU fewer can be much faster")
 
     def _parse_ckpt_path(self) -> None:
         """Lightning replaces the model options of the command line by the checkpoint's with no
@@ -105,6 +109,8 @@ class CtxlitCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         preflight.check_ranges(config)
+        if config.get("threads"):
+            torch.set_num_threads(config.threads)
         run_dir = os.environ.get("CTXLIT_RUN_DIR")
         preflight.check_writable("CTXLIT_RUN_DIR", run_dir)
         if config.get("checkpoint") is not None:

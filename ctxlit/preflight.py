@@ -31,6 +31,7 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "data.init_args.num_workers": (lambda v: v >= 0, "an integer >= 0"),
     "trainer.max_epochs": (lambda v: v >= -1, "-1 (no limit) or an integer >= 0"),
     "trainer.max_steps": (lambda v: v >= -1, "-1 (no limit) or an integer >= 0"),
+    "threads": (lambda v: v >= 1, "an integer >= 1"),
 }
 #: rules for options that also take other shapes, checked only for a number (the synthetic
 #: benchmark's image_size is [height, width] and checked by its data module)
@@ -39,7 +40,7 @@ NUMBER_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "data.init_args.image_size": (lambda v: v >= 32, "an integer >= 32 (the backbones downsample 32x)"),
 }
 #: keys whose ``None`` means "not set" (Lightning's own defaults)
-OPTIONAL = {"trainer.max_epochs", "data.init_args.num_workers"}
+OPTIONAL = {"trainer.max_epochs", "data.init_args.num_workers", "threads"}
 
 
 def _is_number(value) -> bool:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 
@@ -56,6 +57,7 @@ def fails_cleanly(argv, tmp_path, capsys, monkeypatch, culprit: str) -> str:
     ("--trainer.max_epochs=-5", "--trainer.max_epochs: must be -1 (no limit) or an integer >= 0; got -5"),
     ("--trainer.max_steps=-2", "--trainer.max_steps: must be -1 (no limit) or an integer >= 0; got -2"),
     ("--data.init_args.batch_size=0", "--data.init_args.batch_size: must be an integer >= 1; got 0"),
+    ("--threads=0", "--threads: must be an integer >= 1; got 0"),
     ("--trainer.max_epoch=3", "unrecognized arguments: --trainer.max_epoch=3"),  # no abbreviations
     ("--checkpoint.dirpath=/etc/passwd/x", "--checkpoint.dirpath /etc/passwd/x: /etc/passwd is a file, not a folder"),
 ])
@@ -227,3 +229,27 @@ def test_default_root_dir_holds_the_logs_too(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["elsewhere"]
     assert (tmp_path / "elsewhere" / "runs" / "synthetic" / "version_0" / "metrics.csv").is_file()
     assert list((tmp_path / "elsewhere" / "runs" / "wandb").glob("offline-run-*"))
+
+
+class RecordThreads(pl.Callback):
+    """Writes ``torch.get_num_threads()`` at the start of training to ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        Path(self.path).write_text(str(torch.get_num_threads()))
+
+
+def test_threads_sets_the_intra_op_thread_count_of_the_fit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = torch.get_num_threads()
+    record = ["--trainer.callbacks+=tests.test_preflight.RecordThreads", "--trainer.callbacks.path=threads.txt"]
+    try:
+        for threads in (1, 2):
+            args = [*TINY, "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.logger=false",
+                    "--trainer.enable_checkpointing=false", f"--threads={threads}", *record]
+            assert main(args) == 0
+            assert (tmp_path / "threads.txt").read_text() == str(threads)
+    finally:
+        torch.set_num_threads(before)

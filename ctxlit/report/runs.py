@@ -25,8 +25,8 @@ class ReportError(Exception):
 
 
 #: Config keys that differ between runs without being a knob: where a run writes its files and
-#: how it resumes, never what it studies.
-NOT_KNOBS = ("trainer.logger", "trainer.default_root_dir", "ckpt_path", "resume")
+#: how it resumes, how many CPU threads it uses (its speed, not its result); never what it studies.
+NOT_KNOBS = ("trainer.logger", "trainer.default_root_dir", "ckpt_path", "resume", "threads")
 #: The seed: runs that differ only in it form one group.
 SEED_KEY = "seed_everything"
 #: Keys holding a block; a group whose blocks are all ``none`` is a baseline.

@@ -144,6 +144,7 @@ def test_a_resume_option_does_not_split_a_group(study_runs, tmp_path):
     config = yaml.safe_load(config_path.read_text())
     config["resume"] = {"allow_changed": ["lr"]}
     config["ckpt_path"] = "elsewhere/last.ckpt"
+    config["threads"] = 1  # how fast, not what: not a knob
     config_path.write_text(yaml.safe_dump(config))
     (study,) = build_studies(find_runs([str(tmp_path)]))
     assert len(study.groups) == 1 and sorted(study.groups[0].seeds) == [0, 1]
