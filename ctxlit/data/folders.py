@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ctxlit.data import transforms as T
 from ctxlit.data.sampling import ResumableTrainData, SeededAugmentation, evaluation_sampler, run_seed
 from ctxlit.errors import DatasetError
 
@@ -44,10 +45,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # Files that operating systems and tools drop into folders; never reported as "not an image".
 _JUNK_NAMES = {"thumbs.db", "desktop.ini", "readme", "readme.txt", "readme.md", "license", "license.txt"}
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# The mean as uint8: padding value for images that are normalised later on the device (pads -> ~0).
-IMAGENET_MEAN_UINT8 = tuple(round(255 * m) for m in IMAGENET_MEAN)
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,8 +393,8 @@ class FolderDataModule(ResumableTrainData, pl.LightningDataModule):
     masks become int64 there.
     """
 
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float] = T.IMAGENET_MEAN
+    std: tuple[float, float, float] = T.IMAGENET_STD
 
     def __init__(
         self,
@@ -584,8 +581,6 @@ class ClassificationFolderDataModule(FolderDataModule):
     # -- LightningDataModule ---------------------------------------------------------------
 
     def _make_dataset(self, per_class: Sequence[Sequence[Path]], train: bool) -> LabelledImages:
-        from ctxlit.data import transforms as T
-
         paths, targets = self._flatten(per_class)
         cache = ResizedImageCache.build(paths, self.resize_size, self.cache_dir) if self.cache else None
         if train:

@@ -14,8 +14,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ctxlit.data.folders import IMAGENET_MEAN_UINT8
-
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The mean as uint8: padding value for images that are normalised later on the device (pads -> ~0).
+IMAGENET_MEAN_UINT8 = tuple(round(255 * m) for m in IMAGENET_MEAN)
 IGNORE_INDEX = 255
 
 
