@@ -102,9 +102,6 @@ def with_defaults(argv: list[str]) -> list[str]:
     the argv rank 0 already saw, so this must be idempotent: only add what is missing.
     """
     argv = list(argv)
-    if argv and argv[0] in {"-h", "--help"}:  # the options of fit, the default, with its defaults
-        print(f"python -m ctxlit.fit runs `fit` unless another subcommand comes first: "
-              f"{', '.join(SUBCOMMANDS[1:])} (each with --help). The options of fit:")
     if not argv or argv[0] not in SUBCOMMANDS:
         argv.insert(0, "fit")
     if not config_files(argv):
@@ -118,17 +115,19 @@ def starts_no_run(argv: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else list(argv)
     try:
-        if not starts_no_run(sys.argv[1:] if argv is None else argv):
+        if not starts_no_run(given):
             choose_wandb_mode()
     except CtxlitError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     from ctxlit.cli import run_cli  # heavy imports after the environment is settled
 
-    if argv is None:
-        return run_cli(with_defaults(sys.argv[1:]), from_command_line=True)
-    return run_cli(with_defaults(argv))
+    if given[:1] in (["-h"], ["--help"]):  # with_defaults makes it fit's help, with its defaults
+        print(f"python -m ctxlit.fit runs `fit` unless another subcommand comes first: "
+              f"{', '.join(SUBCOMMANDS[1:])} (each with --help). The options of fit:")
+    return run_cli(with_defaults(given), from_command_line=argv is None)
 
 
 if __name__ == "__main__":

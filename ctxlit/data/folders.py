@@ -46,7 +46,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 _JUNK_NAMES = {"thumbs.db", "desktop.ini", "readme", "readme.txt", "readme.md", "license", "license.txt"}
 
 
-
 # --------------------------------------------------------------------------------------------
 # Decoding
 
@@ -54,6 +53,14 @@ _JUNK_NAMES = {"thumbs.db", "desktop.ini", "readme", "readme.txt", "readme.md", 
 def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
     array = np.asarray(image)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _undecodable(path: str, error: Exception) -> DatasetError:
+    reason = str(error).replace(f"'{path}'", "").strip() or type(error).__name__
+    return DatasetError(f"cannot decode image file {path}: {reason} (corrupt, truncated or not an image)")
 
 
 def decode_rgb(path: str | os.PathLike) -> torch.Tensor:
@@ -85,9 +92,23 @@ def decode_rgb(path: str | os.PathLike) -> torch.Tensor:
             if opened.mode in {"I;16", "I;16B", "I;16L", "I"}:  # 16/32-bit grayscale: keep the high byte
                 opened = Image.fromarray((np.asarray(opened, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
             return _pil_to_tensor(ImageOps.exif_transpose(opened).convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        reason = str(error).replace(f"'{path}'", "").strip() or type(error).__name__
-        raise DatasetError(f"cannot decode image file {path}: {reason} (corrupt, truncated or not an image)") from error
+    except _PIL_ERRORS as error:
+        raise _undecodable(path, error) from error
+
+
+def check_image_header(path: str | os.PathLike) -> None:
+    """Identify the image file's format without decoding its pixels (0.1 ms against 2 ms for a
+    500x375 JPEG): an empty file, random bytes or another format raise ``DatasetError`` worded
+    as :func:`decode_rgb` words it. A truncated image with an intact header passes."""
+    path = os.fspath(path)
+    try:
+        empty = os.path.getsize(path) == 0
+        if not empty:
+            Image.open(path).close()
+    except _PIL_ERRORS as error:
+        raise _undecodable(path, error) from error
+    if empty:
+        raise DatasetError(f"image file {path} is empty (0 bytes)")
 
 
 def decode_label(path: str | os.PathLike) -> torch.Tensor:
@@ -193,27 +214,15 @@ def scan_class_folders(
 
 
 def find_unreadable(paths: Sequence[Path], threads: int | None = None, header_only: bool = False) -> list[tuple[Path, str]]:
-    """Decode every file (threaded); return ``(path, reason)`` for each one that fails.
-
-    ``header_only`` opens each file and identifies it without decoding the pixels: an empty
-    file, random bytes or another format is found at a small fraction of the cost of a decode;
-    a truncated image is found only when it is decoded.
-    """
+    """Decode every file (threaded), or with ``header_only`` only identify it
+    (:func:`check_image_header`); return ``(path, reason)`` for each one that fails."""
+    read = check_image_header if header_only else decode_rgb
 
     def check(path: Path) -> tuple[Path, str] | None:
         try:
-            if not header_only:
-                decode_rgb(path)
-            elif os.path.getsize(path) == 0:
-                return path, f"image file {path} is empty (0 bytes)"
-            else:
-                with Image.open(path):
-                    pass
+            read(path)
         except DatasetError as error:
             return path, str(error)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            reason = str(error).replace(f"'{path}'", "").strip() or type(error).__name__
-            return path, f"cannot decode image file {path}: {reason} (corrupt or not an image)"
         return None
 
     with ThreadPoolExecutor(max_workers=threads or default_threads()) as pool:
@@ -395,6 +404,7 @@ class FolderDataModule(ResumableTrainData, pl.LightningDataModule):
 
     mean: tuple[float, float, float] = T.IMAGENET_MEAN
     std: tuple[float, float, float] = T.IMAGENET_STD
+    skip_unreadable: bool = False  # the subclasses' option: drop bad files instead of stopping
 
     def __init__(
         self,
@@ -455,7 +465,7 @@ class FolderDataModule(ResumableTrainData, pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:
             self.setup("validate")
-        if not self._val_files_checked and not getattr(self, "skip_unreadable", False):
+        if not self._val_files_checked and not self.skip_unreadable:
             self._check_validation_files()
         return self._loader(self.val_dataset, train=False, sampler=evaluation_sampler(self.val_dataset, self.trainer))
 

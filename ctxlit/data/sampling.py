@@ -43,7 +43,7 @@ class TrainSampler(DistributedSampler):
                  stream: bool = False, weights: torch.Tensor | None = None) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.stream = stream
-        self.weights = None if weights is None else (weights.double() / weights.double().sum()).numpy()
+        self.weights = None if weights is None else (weights / weights.sum()).double().numpy()
         self._resume: tuple[int, int] | None = None  # (epoch, samples of this rank to skip)
 
     def draws(self) -> np.ndarray:
@@ -94,14 +94,14 @@ class ResumableTrainData:
     :meth:`train_sampler_for` starts there, so a mid-epoch checkpoint (``every_n_train_steps``,
     or the one a SIGTERM writes) resumes exactly where the interrupted run stood."""
 
+    trainer = None  # LightningDataModule's, once attached
     _resume_at: tuple[int, int] | None = None  # (epoch, batches of it already trained)
 
     def state_dict(self) -> dict:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
+        if self.trainer is None:
             return {}
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"train_epoch": trainer.current_epoch, "train_batches": batches}
+        batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_epoch": self.trainer.current_epoch, "train_batches": batches}
 
     def load_state_dict(self, state: dict) -> None:
         if "train_epoch" in state:
@@ -111,7 +111,7 @@ class ResumableTrainData:
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
     def train_sampler_for(self, dataset: Sized, *, seed: int, batch_size: int, **options) -> TrainSampler:
-        trainer = getattr(self, "trainer", None)
+        trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = TrainSampler(dataset, seed=seed, num_replicas=world, rank=rank, **options)
         if self._resume_at is not None:

@@ -23,7 +23,7 @@ def test_order_depends_on_seed_and_epoch_and_a_stream_moves_on_every_epoch():
     assert list(stream) == [i + 2 * N for i in b]
 
 
-def test_ranks_read_disjoint_shards_padded_like_lightnings_distributed_sampler():
+def test_rank_shards_cover_the_epoch_padded_like_lightnings_distributed_sampler():
     whole = list(TrainSampler(range(N), seed=0))
     shards = [list(TrainSampler(range(N), seed=0, num_replicas=3, rank=r)) for r in range(3)]
     assert [len(s) for s in shards] == [4, 4, 4]
@@ -51,7 +51,10 @@ def test_resume_skips_this_ranks_trained_samples_once_and_only_in_its_epoch():
 def test_weighted_draws_follow_the_weights():
     weights = torch.tensor([1.0] * 5 + [0.0] * 5)
     sampler = TrainSampler(range(N), seed=0, weights=weights)
-    draws = [i for epoch in range(20) for i in (sampler.set_epoch(epoch) or list(sampler))]
+    draws = []
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        draws += list(sampler)
     assert len(draws) == 20 * N and set(draws) <= set(range(5)) and len(set(draws)) == 5
 
 
@@ -79,12 +82,8 @@ def test_augmentation_is_set_by_the_stream_index_and_leaves_the_global_rng_alone
     assert torch.rand(()) == after  # the global generator did not move
 
 
-class Module(ResumableTrainData):
-    trainer = None
-
-
 def test_the_resume_position_reaches_the_next_sampler_once():
-    module = Module()
+    module = ResumableTrainData()
     assert module.state_dict() == {}
     module.load_state_dict({"train_epoch": 2, "train_batches": 3})
     sampler = module.train_sampler_for(range(N), seed=0, batch_size=2)
