@@ -19,13 +19,16 @@ one ``wandb agent`` runs (``python -m ctxlit.sweep`` sets both):
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
+import pydoc
 import signal
 import sys
 
 import pytorch_lightning as pl
 import torch
+from jsonargparse import Namespace
 from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -117,7 +120,25 @@ class CtxlitCLI(LightningCLI):
             preflight.check_writable("--checkpoint.dirpath", config.checkpoint.get("dirpath"))
         place_loggers(config.trainer.logger, run_dir, os.environ.get("WANDB_RUN_GROUP"), config.trainer.get("default_root_dir"))
 
+    def instantiate_classes(self) -> None:
+        # jsonargparse builds an option typed as a callable and given as class_path + init_args
+        # (a block: --model.init_args.block=ctxlit.blocks.GlobalContext) as
+        # partial(<its instantiator>, cls, **init_args). The model gets the plain
+        # functools.partial(cls, **init_args) instead, so no layer below this one needs to know
+        # how jsonargparse wraps a class. Only this call sees the converted config: the saved
+        # config.yaml and the hyperparameters keep the class_path form.
+        instantiate, model = self.parser.instantiate_classes, f"{self.subcommand}.model" if self.subcommand else "model"
+        self.parser.instantiate_classes = lambda cfg, **kw: instantiate(plain_class_partials(cfg, model), **kw)
+        try:
+            super().instantiate_classes()
+        finally:
+            del self.parser.instantiate_classes
+
     def after_instantiate_classes(self) -> None:
+        # The checkpoint names the function that rebuilds the task from its hyper-parameters
+        # (Lightning's key "_instantiator"); ours makes the same plain block partials as above.
+        if self.model.hparams.get("_instantiator") == "pytorch_lightning.cli.instantiate_module":
+            self.model.hparams["_instantiator"] = "ctxlit.cli.instantiate_module"
         saved = (self._resumed_hparams or {}).get("num_classes")
         given = getattr(self.datamodule, "num_classes", None)
         if saved is not None and given is not None and saved != given:
@@ -136,6 +157,37 @@ class CtxlitCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
         return super()._instantiate_trainer(config, [*callbacks, ValidateAtLastStep(), NonFiniteGuard()])
+
+
+def plain_class_partials(config: Namespace, key: str) -> Namespace:
+    """A copy of ``config`` in which each option of the class at ``key`` (its ``init_args``
+    in subclass mode) given as ``class_path`` + ``init_args`` is ``functools.partial(cls,
+    **init_args)`` (see ``CtxlitCLI.instantiate_classes``)."""
+    config = config.clone()
+    options = config.get(key)
+    options = options.get("init_args", options) if isinstance(options, Namespace) else None
+    for name, value in (options.items(branches=True, nested=False) if isinstance(options, Namespace) else ()):
+        if isinstance(value, Namespace) and value.get("class_path"):
+            kwargs = value.get("init_args")
+            options[name] = functools.partial(pydoc.locate(value.class_path), **(kwargs.as_dict() if kwargs else {}))
+    return config
+
+
+def instantiate_module(class_type: type, config: dict):
+    """Rebuild a task from a checkpoint's hyper-parameters as Lightning's
+    ``pytorch_lightning.cli.instantiate_module`` does, with its block options made plain
+    partials like a fit's. Checkpoints written by ``python -m ctxlit.fit`` name this function
+    (see ``CtxlitCLI.after_instantiate_classes``), so ``load_from_checkpoint`` comes here."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    if "_class_path" in config:
+        parser.add_subclass_arguments(class_type, "module", fail_untyped=False)
+        config = {"class_path": config["_class_path"], "dict_kwargs": {k: v for k, v in config.items() if k != "_class_path"}}
+    else:
+        parser.add_class_arguments(class_type, "module", fail_untyped=False)
+    cfg = parser.parse_object({"module": config})
+    return parser.instantiate(plain_class_partials(cfg, "module")).module
 
 
 def place_loggers(loggers, run_dir: str | None, group: str | None, root: str | None = None) -> None:

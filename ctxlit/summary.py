@@ -21,6 +21,7 @@ The same numbers are available to code: :func:`summarize` (text) and :func:`summ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import json
@@ -32,7 +33,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from ctxlit.backbones import build_backbone, describe_plugins, list_backbones
+from ctxlit.backbones import Placement, PluginSpec, build_backbone, describe_plugins, list_backbones, study_plugins
 from ctxlit.errors import ConfigError, CtxlitError
 from ctxlit.utils.complexity import NOTE_NOT_COUNTED, measure_complexity
 
@@ -45,11 +46,7 @@ def summary_dict(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]
         **c.as_dict(),
         "input_shape": list(c.input_shape),
         "plugin_params": sum(p.params for p in plugins),
-        "plugins": [
-            {"path": p.path, "position": p.position, "block": p.block, "class": p.module_class,
-             "options": p.options, "channels": p.channels, "params": p.params}
-            for p in plugins
-        ],
+        "plugins": [dataclasses.asdict(p) for p in plugins],
     }
 
 
@@ -71,7 +68,7 @@ def summarize(model: nn.Module, input_shape: Sequence[int], title: str | None = 
         for p in plugins:
             opts = ", ".join(f"{k}={v!r}" for k, v in p["options"].items()) or "defaults"
             lines.append(
-                f"  {p['path']:<36} {p['position']:<14} {p['class']} ({p['block']}; {opts}) "
+                f"  {p['path']:<36} {p['position']:<14} {p['module_class']} ({p['block']}; {opts}) "
                 f"{p['channels']} ch, {p['params']:,} params"
             )
     else:
@@ -102,25 +99,16 @@ def _import(path: str) -> Any:
         raise ConfigError(f"cannot import {path!r}: {err}") from err
 
 
-def plugins_from_task_args(init_args: dict[str, Any]) -> list[dict[str, Any]]:
-    """The plugin specs a ``ctxlit.tasks`` model config describes (block + placement + extras)."""
-    specs: list[dict[str, Any]] = []
-    block = _block_from_config(init_args.get("block", "none"))
-    if block not in (None, "none"):
-        placement = dict(init_args.get("placement") or {})
-        spec: dict[str, Any] = {
-            "block": block,
-            "stages": placement.get("stages", [2, 3, 4]),
-            "blocks": placement.get("blocks", "all"),
-        }
-        if placement.get("position", "default") != "default":
-            spec["position"] = placement["position"]
-        specs.append(spec)
-    for extra in init_args.get("extra_plugins") or []:
-        extra = dict(extra)
-        extra["block"] = _block_from_config(extra.get("block"))
-        specs.append(extra)
-    return specs
+def plugins_from_task_args(init_args: dict[str, Any]) -> list[PluginSpec]:
+    """The plugin specs a ``ctxlit.tasks`` model config describes (block + placement + extras),
+    made by the tasks' own :func:`ctxlit.backbones.study_plugins`."""
+    placement = dict(init_args.get("placement") or {})
+    allowed = [f.name for f in dataclasses.fields(Placement)]
+    unknown = sorted(set(placement) - set(allowed))
+    if unknown:
+        raise ConfigError(f"model.init_args.placement has unknown key(s) {unknown}; allowed keys: {allowed}")
+    extra = [{**e, "block": _block_from_config(e.get("block"))} for e in init_args.get("extra_plugins") or []]
+    return study_plugins(_block_from_config(init_args.get("block", "none")), Placement(**placement), extra)
 
 
 def load_experiment(path: str) -> tuple[str, dict[str, Any], list[dict[str, Any]], int | None]:

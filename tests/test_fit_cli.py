@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import functools
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +14,9 @@ import pytest
 import torch
 import yaml
 
+from ctxlit.blocks import GlobalContext
 from ctxlit.fit import DEFAULT_CONFIG, main, with_defaults
+from ctxlit.tasks import classification
 from tests.conftest import TINY, run_fit
 
 
@@ -116,6 +121,39 @@ def test_block_options_are_single_dotted_keys(tmp_path, capsys, monkeypatch):
     assert block["init_args"]["fusion"] == "mul" and block["init_args"]["layernorm"] is False
 
 
+LOAD_CHECKPOINT = """
+import sys, torch
+from ctxlit.tasks import ClassificationTask  # all a user imports to load a ctxlit checkpoint
+from ctxlit.backbones import describe_plugins
+task = ClassificationTask.load_from_checkpoint(sys.argv[1], map_location="cpu")
+(info, *_) = describe_plugins(task.network)
+saved = torch.load(sys.argv[1], weights_only=True)["hyper_parameters"]
+print(saved["_instantiator"], info.block, info.options["fusion"], info.position)
+"""
+
+
+def test_a_class_path_block_reaches_the_backbone_as_a_plain_partial_also_from_its_checkpoint(tmp_path, monkeypatch):
+    """The CLI gives the task functools.partial(GlobalContext, ...), not jsonargparse's wrapper,
+    so the backbone records the class and its options; Lightning's load_from_checkpoint, in a
+    fresh process that imports only ctxlit.tasks, rebuilds the same through ctxlit's instantiator.
+    The saved config keeps the class_path form."""
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    real = classification.study_plugins
+    monkeypatch.setattr(classification, "study_plugins", lambda block, *rest: seen.setdefault("block", block) and real(block, *rest))
+    args = [*TINY, "--model.init_args.block=ctxlit.blocks.GlobalContext", "--model.init_args.block.init_args.fusion=mul",
+            "--trainer.max_steps=2", "--checkpoint.dirpath=ckpt", "--trainer.default_root_dir=out"]
+    assert main(args) == 0
+    block = seen["block"]
+    assert type(block) is functools.partial and block.func is GlobalContext and block.keywords["fusion"] == "mul"
+    (config,) = (tmp_path / "out").rglob("config.yaml")
+    assert yaml.safe_load(config.read_text())["model"]["init_args"]["block"]["class_path"] == "ctxlit.blocks.GlobalContext"
+    out = subprocess.run([sys.executable, "-c", LOAD_CHECKPOINT, str(tmp_path / "ckpt" / "last.ckpt")],
+                         capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["ctxlit.cli.instantiate_module", "GlobalContext", "mul", "after_conv2"]
+
+
 def test_sweep_json_args_file_sets_nested_block_options(tmp_path, capsys, monkeypatch):
     """The form a W&B agent uses: ``--config base.yaml --config args.json`` with dotted keys."""
     monkeypatch.chdir(tmp_path)
@@ -150,8 +188,8 @@ def test_sweep_json_args_file_sets_nested_block_options(tmp_path, capsys, monkey
         (["--model.init_args.block=ctxlit.blocks.GlobalContext", "--model.init_args.block.init_args.pooling=max"],
          "error: --model.init_args.block.init_args.pooling=max: allowed values are att, avg"),
         (["--model.init_args.placement.position=middle"], "error: --model.init_args.placement.position=middle: "
-         "allowed values are after_last_conv, after_conv1, after_conv2, after_conv3, after_add, replace_conv1, "
-         "replace_conv2, default"),
+         "allowed values are after_conv1, after_conv2, after_conv3, after_last_conv, after_add, replace_conv1, "
+         "replace_conv2"),
         (["--config", "does/not/exist.yaml"], "error: --config does/not/exist.yaml: no such file"),
     ],
     ids=["unknown-key", "typo-key", "typo-data-key", "wrong-type", "unknown-block", "bad-block-option",
@@ -247,7 +285,7 @@ def test_ddp_two_cpu_processes_make_one_wandb_run_and_exact_val_metrics(tmp_path
     import pytorch_lightning as pl
 
     from ctxlit.data import SyntheticContextDataModule
-    from ctxlit.tasks import ClassificationTask
+    from ctxlit.tasks import classification
 
     task = ClassificationTask.load_from_checkpoint(versions[0] / "checkpoints" / "last.ckpt", map_location="cpu")
     dm = SyntheticContextDataModule(train_size=64, val_size=23, image_size=(16, 32), batch_size=16)

@@ -23,7 +23,7 @@ from ctxlit.errors import ConfigError
 
 from . import hrnet, resnet
 from .hrnet import HRNet
-from .plugins import ALL_POSITIONS, PluginInfo, PluginSpec, apply_plugins, describe_plugins
+from .plugins import ALL_POSITIONS, Placement, PluginInfo, PluginSpec, apply_plugins, describe_plugins, study_plugins
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .weights import LoadReport, load_weights
 
@@ -34,6 +34,7 @@ __all__ = [
     "Bottleneck",
     "HRNet",
     "LoadReport",
+    "Placement",
     "PluginInfo",
     "PluginSpec",
     "ResNet",
@@ -42,6 +43,7 @@ __all__ = [
     "build_backbone",
     "describe_plugins",
     "list_backbones",
+    "study_plugins",
     "load_weights",
 ]
 

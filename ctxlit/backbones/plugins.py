@@ -53,10 +53,9 @@ only the plugin keys missing; a replaced conv keeps its name (``layer2.0.conv2``
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, Optional, Union
 
 from torch import nn
 
@@ -66,6 +65,8 @@ from ctxlit.errors import ConfigError
 ADDON_POSITIONS = ("after_conv1", "after_conv2", "after_conv3", "after_last_conv", "after_add")
 REPLACE_POSITIONS = ("replace_conv1", "replace_conv2")
 ALL_POSITIONS = ADDON_POSITIONS + REPLACE_POSITIONS
+#: A plugin position; ``None`` (YAML ``null``) means the block's own default, see above.
+Position = Literal.__getitem__(ALL_POSITIONS)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class PluginSpec:
             raise ConfigError(f"plugin 'options' must be a dict, got {self.options!r}")
         if not isinstance(self.block, str) and self.options:
             raise ConfigError(
-                f"plugin block {block_label(self.block)} is a callable, so 'options' must be empty "
+                f"plugin block {self.label} is a callable, so 'options' must be empty "
                 f"(got {dict(self.options)}); bind them in the callable, e.g. functools.partial"
             )
         if self.position is not None and self.position not in ALL_POSITIONS:
@@ -115,76 +116,86 @@ class PluginSpec:
                 f"unknown plugin position {self.position!r}; allowed: {', '.join(ALL_POSITIONS)}"
             )
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "block": block_label(self.block),
-            "options": block_options(self.block, self.options),
-            "stages": self.stages,
-            "blocks": self.blocks,
-            "position": self.position,
-        }
+    @functools.cached_property
+    def factory(self) -> Callable[..., nn.Module]:
+        """What builds the block: ``channels -> module`` for add-on blocks,
+        ``(in_channels, out_channels=, stride=) -> module`` for spatial operators. A registry
+        name and its options are checked here, once, by the block factory."""
+        if isinstance(self.block, str):
+            return block_library.block_factory(self.block, **self.options)
+        return self.block
+
+    @property
+    def label(self) -> str:
+        """The registry name, or the name of the class the callable builds."""
+        if isinstance(self.block, str):
+            return self.block
+        target = _built_class(self.block)
+        return getattr(target, "__name__", type(target).__name__)
+
+    @property
+    def shown_options(self) -> dict[str, Any]:
+        """The options as given: a registry spec's ``options``, a partial's keywords."""
+        if isinstance(self.block, functools.partial):
+            return dict(self.block.keywords)
+        return dict(self.options)
+
+    def resolved_position(self) -> str:
+        """``position``, or the block's default (``replace_conv2`` for spatial operators,
+        ``after_last_conv`` for add-on blocks); refuses a position the block's kind cannot take.
+        The kind is the block class's declared ``spatial_operator``; a block that does not
+        declare it needs an explicit position."""
+        spatial = block_library.is_spatial_operator(_built_class(self.factory))
+        position = self.position
+        if position is None:
+            if spatial is None:
+                raise ConfigError(
+                    f"block {self.label!r} does not declare spatial_operator = True/False, so it has no "
+                    f"default position; give one of {', '.join(ALL_POSITIONS)}"
+                )
+            return "replace_conv2" if spatial else "after_last_conv"
+        if position in REPLACE_POSITIONS and spatial is False:
+            raise ConfigError(
+                f"block {self.label!r} is an add-on block, it cannot {position}; "
+                f"use one of {', '.join(ADDON_POSITIONS)}"
+            )
+        if position in ADDON_POSITIONS and spatial is True:
+            raise ConfigError(
+                f"block {self.label!r} is a spatial operator (it replaces a 3x3 conv); "
+                f"use position {' or '.join(REPLACE_POSITIONS)}, not {position!r}"
+            )
+        return position
 
 
-def block_target(block: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """The class (or function) a block callable builds. Unwraps ``functools.partial``,
-    including the CLI's ``partial(call_without_instantiate_context, instantiator, cls, ...)``
-    (jsonargparse), whose ``func`` is a wrapper and whose class is a positional argument."""
+def _built_class(block: Callable[..., nn.Module]) -> Any:
+    """The class (or function) a block callable builds: ``functools.partial`` unwrapped."""
     while isinstance(block, functools.partial):
-        classes = [arg for arg in block.args if inspect.isclass(arg)]
-        block = classes[0] if classes and not inspect.isclass(block.func) else block.func
+        block = block.func
     return block
 
 
-def block_label(block: str | Callable[..., nn.Module]) -> str:
-    if isinstance(block, str):
-        return block
-    target = block_target(block)
-    return getattr(target, "__name__", type(target).__name__)
+@dataclass
+class Placement:
+    """Where the block under study goes: a task's ``placement`` option (see the module
+    docstring for the meanings). ``stages`` are numbered like torchvision's layer1..layer4
+    (c2..c5); ``blocks`` is ``"all"``, ``"last"``, ``"first"`` or a list of indices within each
+    stage; ``position`` ``None`` is the block's default."""
+
+    stages: Union[list[int], Literal["all"]] = field(default_factory=lambda: [2, 3, 4])
+    blocks: Union[Literal["all", "last", "first"], list[int]] = "all"
+    position: Optional[Position] = None
 
 
-def block_options(block: str | Callable[..., nn.Module], options: Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(block, functools.partial):
-        return dict(block.keywords)
-    return dict(options)
-
-
-# --------------------------------------------------------------------------- block kinds
-
-
-def _is_spatial(block: str | Callable[..., nn.Module]) -> bool | None:
-    """True for spatial operators, False for add-on blocks, None when it cannot be told
-    (a plain function: then the position decides)."""
-    if isinstance(block, str):
-        return bool(block_library.is_spatial_operator(block))
-    target = block_target(block)
-    flag = getattr(target, "spatial_operator", None)
-    if isinstance(flag, bool):
-        return flag
-    if inspect.isclass(target):
-        params = list(inspect.signature(target.__init__).parameters)[1:]
-        return bool(params) and params[0] == "in_channels"
-    return None
-
-
-def _check_block_name(name: str) -> None:
-    registry = block_library.BLOCKS
-    if name not in registry:
-        raise ConfigError(f"unknown plugin block {name!r}; registered blocks: {', '.join(sorted(registry))}")
-
-
-def build_addon(spec: PluginSpec, channels: int) -> nn.Module:
-    if isinstance(spec.block, str):
-        return block_library.build_block(spec.block, channels, **dict(spec.options))
-    return spec.block(channels)
-
-
-def build_operator(spec: PluginSpec, in_channels: int, out_channels: int, stride: int) -> nn.Module:
-    if isinstance(spec.block, str):
-        return block_library.build_block(
-            spec.block, in_channels, out_channels=out_channels, stride=stride, **dict(spec.options)
-        )
-    # keywords: a CLI partial already binds out_channels/stride to defaults, call keywords win
-    return spec.block(in_channels, out_channels=out_channels, stride=stride)
+def study_plugins(
+    block: str | Callable[..., nn.Module] | None, placement: Placement, extra: Sequence[Any] | None = None
+) -> list[PluginSpec]:
+    """The plugin specs of a task's ``block`` + ``placement`` (none for ``"none"``/``None``),
+    followed by its ``extra_plugins``: the one place a study's knobs become plugin specs."""
+    specs = []
+    if block not in (None, "none"):
+        specs.append(PluginSpec(block=block, stages=placement.stages, blocks=placement.blocks,
+                                position=placement.position))
+    return [*specs, *(PluginSpec.coerce(e) for e in extra or ())]
 
 
 # --------------------------------------------------------------------------- pluggable blocks
@@ -195,7 +206,8 @@ class PluggableMixin:
 
     Subclasses set ``positions`` (the add-on positions they support, in forward order),
     ``replaceable`` (replace position -> conv attribute name) and implement
-    ``plugin_channels(position)`` and ``conv_signature(attr) -> (in, out, stride)``.
+    ``plugin_channels(position)`` and ``conv_signature(attr) -> (in, out, stride)``. What went
+    in is recorded in ``inserted``: one :class:`PluginInfo` each, its path relative to the block.
     """
 
     positions: tuple[str, ...] = ()
@@ -204,61 +216,55 @@ class PluggableMixin:
 
     def _init_plugins(self) -> None:
         self.plugins = nn.ModuleDict()
-        self.plugin_info: list[dict[str, Any]] = []
+        self.inserted: list[PluginInfo] = []
 
     def _plug(self, position: str, x):
         if position in self.plugins:
             return self.plugins[position](x)
         return x
 
-    def resolve_position(self, position: str) -> str:
-        if position == "after_last_conv":
-            return self.last_conv_position
-        return position
-
     def allowed_positions(self) -> list[str]:
         return [*self.positions, "after_last_conv", *self.replaceable]
 
     def insert_plugin(self, spec: PluginSpec, position: str) -> None:
-        concrete = self.resolve_position(position)
-        kind = type(self).__name__
+        concrete = self.last_conv_position if position == "after_last_conv" else position
         if concrete in self.replaceable:
             attr = self.replaceable[concrete]
-            if any(info["position"] == concrete for info in self.plugin_info):
-                raise ConfigError(
-                    f"{attr} of this {kind} is already replaced by another plugin; "
-                    f"a conv can be replaced only once"
-                )
-            dilation = getattr(getattr(self, attr), "dilation", (1, 1))
-            if tuple(dilation) != (1, 1):
-                # SK and LR bring their own receptive field (dilations 1/2, a 7x7 window) and take
-                # no network dilation; replacing silently would shrink a dilated network's view.
-                raise ConfigError(
-                    f"{attr} of this {kind} is dilated (dilation={tuple(dilation)}, from output_stride < 32); "
-                    f"{block_label(spec.block)} cannot replace it: use output_stride=32 or an add-on block"
-                )
+            self._check_replaceable(attr, spec)
             in_ch, out_ch, stride = self.conv_signature(attr)
-            setattr(self, attr, build_operator(spec, in_ch, out_ch, stride))
-            channels = out_ch
+            # keywords: a partial may bind out_channels/stride to defaults; these win
+            module = spec.factory(in_ch, out_channels=out_ch, stride=stride)
+            setattr(self, attr, module)
+            path, channels = attr, out_ch
         elif concrete in self.positions:
             channels = self.plugin_channels(concrete)
+            module = spec.factory(channels)
             if concrete not in self.plugins:
                 self.plugins[concrete] = nn.Sequential()
-            self.plugins[concrete].append(build_addon(spec, channels))
+            self.plugins[concrete].append(module)
+            path = f"plugins.{concrete}.{len(self.plugins[concrete]) - 1}"
         else:
             raise ConfigError(
-                f"position {position!r} is not in {kind}; allowed: {', '.join(self.allowed_positions())}"
+                f"position {position!r} is not in {type(self).__name__}; "
+                f"allowed: {', '.join(self.allowed_positions())}"
             )
-        self.plugin_info.append(
-            {
-                "position": concrete,
-                "index": len(self.plugins[concrete]) - 1 if concrete in self.plugins else None,
-                "attr": self.replaceable.get(concrete),
-                "block": block_label(spec.block),
-                "options": block_options(spec.block, spec.options),
-                "channels": channels,
-            }
-        )
+        self.inserted.append(PluginInfo(
+            path=path, position=concrete, block=spec.label, module_class=type(module).__name__,
+            options=spec.shown_options, channels=channels, params=sum(p.numel() for p in module.parameters()),
+        ))
+
+    def _check_replaceable(self, attr: str, spec: PluginSpec) -> None:
+        kind = type(self).__name__
+        if any(info.path == attr for info in self.inserted):
+            raise ConfigError(f"{attr} of this {kind} is already replaced by another plugin; a conv can be replaced only once")
+        dilation = getattr(getattr(self, attr), "dilation", (1, 1))
+        if tuple(dilation) != (1, 1):
+            # SK and LR bring their own receptive field (dilations 1/2, a 7x7 window) and take
+            # no network dilation; replacing silently would shrink a dilated network's view.
+            raise ConfigError(
+                f"{attr} of this {kind} is dilated (dilation={tuple(dilation)}, from output_stride < 32); "
+                f"{spec.label} cannot replace it: use output_stride=32 or an add-on block"
+            )
 
 
 # --------------------------------------------------------------------------- placement
@@ -302,6 +308,17 @@ def _select_blocks(blocks: Any, n: int, where: str) -> list[int]:
     return sorted({i % n for i in chosen})
 
 
+def as_specs(plugins: Any) -> list[PluginSpec]:
+    """``plugins`` (None, one spec or a list; dicts or :class:`PluginSpec`) as a list of specs."""
+    if plugins is None:
+        return []
+    if isinstance(plugins, (PluginSpec, Mapping)):
+        plugins = [plugins]
+    if isinstance(plugins, str) or not isinstance(plugins, Sequence):
+        raise ConfigError(f"'plugins' must be a list of plugin specs, got {plugins!r}")
+    return [PluginSpec.coerce(p) for p in plugins]
+
+
 def apply_plugins(model: nn.Module, plugins: Any, model_name: str) -> list[PluginSpec]:
     """Insert every plugin of ``plugins`` into ``model`` (which provides ``plugin_sites()``).
 
@@ -309,33 +326,11 @@ def apply_plugins(model: nn.Module, plugins: Any, model_name: str) -> list[Plugi
     stage holds one or more sequences of pluggable residual blocks (one for a ResNet stage,
     one per branch and module for HRNet). Returns the normalised specs.
     """
-    if plugins is None:
-        return []
-    if isinstance(plugins, (PluginSpec, Mapping)):
-        plugins = [plugins]
-    if isinstance(plugins, str) or not isinstance(plugins, Sequence):
-        raise ConfigError(f"'plugins' must be a list of plugin specs, got {plugins!r}")
-    specs = [PluginSpec.coerce(p) for p in plugins]
+    specs = as_specs(plugins)
     sites = model.plugin_sites()
     note = getattr(model, "stage_note", "")
     for spec in specs:
-        spatial = None
-        if isinstance(spec.block, str):
-            _check_block_name(spec.block)
-        spatial = _is_spatial(spec.block)
-        position = spec.position
-        if position is None:
-            position = "replace_conv2" if spatial else "after_last_conv"
-        if position in REPLACE_POSITIONS and spatial is False:
-            raise ConfigError(
-                f"block {block_label(spec.block)!r} is an add-on block, it cannot {position}; "
-                f"use one of {', '.join(ADDON_POSITIONS)}"
-            )
-        if position in ADDON_POSITIONS and spatial is True:
-            raise ConfigError(
-                f"block {block_label(spec.block)!r} is a spatial operator (it replaces a 3x3 conv); "
-                f"use position {' or '.join(REPLACE_POSITIONS)}, not {position!r}"
-            )
+        position = spec.resolved_position()
         for stage in _select_stages(spec.stages, list(sites), model_name, note):
             for path, seq in sites[stage]:
                 for i in _select_blocks(spec.blocks, len(seq), f"stage {stage} ({path})"):
@@ -351,7 +346,8 @@ def apply_plugins(model: nn.Module, plugins: Any, model_name: str) -> list[Plugi
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """One inserted (or replacing) module, as ``describe_plugins`` reports it."""
+    """One inserted (or replacing) module: what its residual block records and
+    :func:`describe_plugins` reports (there with the path from the model's root)."""
 
     path: str
     position: str
@@ -373,26 +369,7 @@ def describe_plugins(model: nn.Module) -> list[PluginInfo]:
     """Every plugin in ``model`` (any module containing ctxlit backbones), in module order."""
     out: list[PluginInfo] = []
     for name, module in model.named_modules():
-        infos = getattr(module, "plugin_info", None)
-        if not isinstance(module, PluggableMixin) or not infos:
-            continue
-        prefix = f"{name}." if name else ""
-        for info in infos:
-            if info["attr"] is not None:
-                path = f"{prefix}{info['attr']}"
-                inserted = getattr(module, info["attr"])
-            else:
-                path = f"{prefix}plugins.{info['position']}.{info['index']}"
-                inserted = module.plugins[info["position"]][info["index"]]
-            out.append(
-                PluginInfo(
-                    path=path,
-                    position=info["position"],
-                    block=info["block"],
-                    module_class=type(inserted).__name__,
-                    options=dict(info["options"]),
-                    channels=info["channels"],
-                    params=sum(p.numel() for p in inserted.parameters()),
-                )
-            )
+        if isinstance(module, PluggableMixin):
+            prefix = f"{name}." if name else ""
+            out += [replace(info, path=prefix + info.path) for info in module.inserted]
     return out

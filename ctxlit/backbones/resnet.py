@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ctxlit.errors import ConfigError
 
-from .plugins import PluggableMixin, PluginSpec, apply_plugins, build_operator
+from .plugins import PluggableMixin, PluginSpec, apply_plugins
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -277,11 +277,8 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if stem == "lr":
-            self.conv1.append(
-                build_operator(stem_operator, width, width, 2)
-                if isinstance(stem_operator, PluginSpec)
-                else stem_operator(width, out_channels=width, stride=2)
-            )
+            operator = stem_operator if isinstance(stem_operator, PluginSpec) else PluginSpec(block=stem_operator)
+            self.conv1.append(operator.factory(width, out_channels=width, stride=2))
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):

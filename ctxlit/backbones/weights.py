@@ -21,6 +21,8 @@ from torch import nn
 
 from ctxlit.errors import ConfigError, CtxlitError
 
+from .plugins import REPLACE_POSITIONS, describe_plugins
+
 log = logging.getLogger("ctxlit.backbones")
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "net")
@@ -206,9 +208,4 @@ def load_weights(
 
 
 def _replaced_convs(model: nn.Module) -> set[str]:
-    out = set()
-    for name, module in model.named_modules():
-        for info in getattr(module, "plugin_info", None) or ():
-            if isinstance(info, dict) and info.get("attr"):
-                out.add(f"{name}.{info['attr']}" if name else info["attr"])
-    return out
+    return {info.path for info in describe_plugins(model) if info.position in REPLACE_POSITIONS}

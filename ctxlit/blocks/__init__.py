@@ -51,6 +51,7 @@ mpm      --                       nothing (no attention-like map)
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 from torch import nn
@@ -79,6 +80,7 @@ __all__ = [
     "SqueezeExcite",
     "StripPooling",
     "block_class",
+    "block_factory",
     "build_block",
     "is_spatial_operator",
     "record_attention",
@@ -101,26 +103,27 @@ BLOCKS: dict[str, type[nn.Module]] = {
 SPATIAL_OPERATORS: frozenset[str] = frozenset(name for name, cls in BLOCKS.items() if cls.spatial_operator)
 
 
-def is_spatial_operator(block: str | type[nn.Module]) -> bool:
-    """Whether a registry name or block class is a spatial operator (replaces a 3x3 conv)."""
+def is_spatial_operator(block: str | type[nn.Module] | object) -> bool | None:
+    """Whether a registry name or block class is a spatial operator (replaces a 3x3 conv), as
+    the class declares it in ``spatial_operator``; ``None`` for a class that does not declare it."""
     cls = block_class(block) if isinstance(block, str) else block
-    return bool(getattr(cls, "spatial_operator", False))
+    flag = getattr(cls, "spatial_operator", None)
+    return flag if isinstance(flag, bool) else None
 
 
 def block_class(name: str) -> type[nn.Module]:
-    """The class registered under ``name``; ``ValueError`` listing the names otherwise."""
+    """The class registered under ``name``; ``ConfigError`` listing the names otherwise."""
     try:
         return BLOCKS[name]
     except KeyError:
         raise ConfigError(f"unknown block {name!r}; allowed names: {', '.join(sorted(BLOCKS))}") from None
 
 
-def build_block(name: str, channels: int, **options) -> nn.Module:
-    """Build block ``name`` for ``channels`` input channels with keyword ``options``.
-
-    Spatial operators accept ``out_channels`` and ``stride`` among the options.
-    An option the block does not have raises ``ValueError`` listing the ones it has.
-    """
+def block_factory(name: str, **options) -> functools.partial:
+    """``functools.partial(<the class of name>, **options)``, after checking the name and that
+    the block has each option (``ConfigError`` listing the names, or the options it has).
+    Add-on blocks are then called with ``channels``; spatial operators with ``in_channels``
+    and ``out_channels``/``stride`` keywords."""
     cls = block_class(name)
     params = inspect.signature(cls.__init__).parameters
     allowed = [p for p in list(params)[2:] if params[p].kind is not inspect.Parameter.VAR_KEYWORD]
@@ -129,4 +132,10 @@ def build_block(name: str, channels: int, **options) -> nn.Module:
         raise ConfigError(
             f"block {name!r} has no option(s) {', '.join(unknown)}; allowed options: {', '.join(allowed) or 'none'}"
         )
-    return cls(channels, **options)
+    return functools.partial(cls, **options)
+
+
+def build_block(name: str, channels: int, **options) -> nn.Module:
+    """Build block ``name`` for ``channels`` input channels with keyword ``options``
+    (spatial operators accept ``out_channels`` and ``stride`` among them); see :func:`block_factory`."""
+    return block_factory(name, **options)(channels)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 import pytorch_lightning as pl
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ctxlit.backbones import build_backbone
+from ctxlit.backbones import Placement, build_backbone, study_plugins
 from ctxlit.blocks import BLOCKS
 from ctxlit.tasks.optim import (
     OptimizerName, budgeted_warmup, build_optimizer, resume_schedule, step_schedule, warmup_cosine,
@@ -38,22 +37,6 @@ from ctxlit.tasks.optim import (
 #: given as ``class_path`` + ``init_args`` (the CLI turns it into ``channels -> module``).
 BlockName = Literal.__getitem__(("none", *BLOCKS))
 BlockArg = Union[BlockName, Callable[[int], nn.Module], None]
-
-
-@dataclass
-class Placement:
-    """Where the block under study goes (see ``ctxlit.backbones.plugins`` for the meanings).
-
-    ``stages`` are numbered like torchvision's layer1..layer4 (c2..c5); ``blocks`` is
-    ``"all"``, ``"last"``, ``"first"`` or a list of indices within each stage.
-    """
-
-    stages: Union[list[int], Literal["all"]] = field(default_factory=lambda: [2, 3, 4])
-    blocks: Union[Literal["all", "last", "first"], list[int]] = "all"
-    position: Literal[
-        "after_last_conv", "after_conv1", "after_conv2", "after_conv3", "after_add",
-        "replace_conv1", "replace_conv2", "default",
-    ] = "default"
 
 
 class ClassificationTask(pl.LightningModule):
@@ -97,7 +80,7 @@ class ClassificationTask(pl.LightningModule):
         self.network = build_backbone(
             backbone,
             num_classes=num_classes,
-            plugins=self.plugin_specs(block, placement, extra_plugins),
+            plugins=study_plugins(block, placement, extra_plugins),
             **(backbone_options or {}),
         )
         self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -105,16 +88,6 @@ class ClassificationTask(pl.LightningModule):
         # top-5 of 5 classes or fewer is always 1: not measured there.
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes > 5 else None
         self.class_weights: torch.Tensor | None = None
-
-    @staticmethod
-    def plugin_specs(block: BlockArg, placement: Placement, extra: list[dict] | None) -> list[dict]:
-        specs = []
-        if block not in (None, "none"):
-            spec = {"block": block, "stages": placement.stages, "blocks": placement.blocks}
-            if placement.position != "default":
-                spec["position"] = placement.position
-            specs.append(spec)
-        return specs + list(extra or [])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(images)

@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from ctxlit.backbones import build_backbone, load_weights
+from ctxlit.backbones import Placement, build_backbone, load_weights, study_plugins
 from ctxlit.errors import ConfigError
 from ctxlit.heads import HEADS, FCNHead
-from ctxlit.tasks.classification import BlockArg, ClassificationTask, Placement
+from ctxlit.tasks.classification import BlockArg
 from ctxlit.tasks.optim import (
     OptimizerName, budgeted_warmup, build_optimizer, resume_schedule, step_schedule, warmup_poly,
 )
@@ -106,7 +106,7 @@ class SegmentationTask(pl.LightningModule):
         if backbone.startswith("hrnet"):
             options.setdefault("features", "concat")
         self.backbone = build_backbone(
-            backbone, plugins=ClassificationTask.plugin_specs(block, placement, extra_plugins), **options
+            backbone, plugins=study_plugins(block, placement, extra_plugins), **options
         )
         if backbone_weights:
             print(f"[ctxlit] backbone weights: {load_weights(self.backbone, backbone_weights)}")

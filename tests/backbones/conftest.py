@@ -9,6 +9,7 @@ class Probe(nn.Module):
     """An add-on block that records its calls (shape-preserving, one parameter)."""
 
     calls: list[str] = []
+    spatial_operator = False
 
     def __init__(self, channels: int, tag: str = "") -> None:
         super().__init__()
