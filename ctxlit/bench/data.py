@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         args.workers = 0 if args.workers is None else args.workers
     torch.set_num_threads(args.threads)
     if args.workers is None:
-        from ctxlit.data.folders import default_threads
+        from ctxlit.data.scan import default_threads
 
         args.workers = default_threads()
     print(f"{'pipeline':<32} {'images/s':>9} {'PIL ref/s':>11} {'ratio':>8}   "

@@ -24,7 +24,10 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from ctxlit.data.folders import FolderDataModule, SkippingDataset, decode_label, decode_rgb, describe_skipped, report, require_dir
+from ctxlit.data.datasets import SkippingDataset
+from ctxlit.data.decode import decode_label, decode_rgb
+from ctxlit.data.folders import FolderDataModule
+from ctxlit.data.scan import describe_skipped, report, require_dir
 from ctxlit.data.transforms import IGNORE_INDEX, segmentation_train
 from ctxlit.errors import ConfigError, DatasetError
 
@@ -134,13 +137,14 @@ class CityscapesDataModule(FolderDataModule):
 
     ignore_index = IGNORE_INDEX
 
+    root_name = "Cityscapes root"
+    layout = LAYOUT
+
     def __init__(
         self,
         root: str,
         batch_size: int = 8,
         val_batch_size: int | None = 1,
-        num_workers: int | None = None,
-        pin_memory: bool | None = None,
         crop_height: int = 512,
         crop_width: int = 1024,
         min_scale: float = 0.5,
@@ -148,21 +152,28 @@ class CityscapesDataModule(FolderDataModule):
         hflip: bool = True,
         train_split: str = "train",
         val_split: str = "val",
-        skip_unreadable: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(batch_size, val_batch_size, num_workers, pin_memory)
-        self.save_hyperparameters()
+        """
+        Args:
+            root: the folder holding ``leftImg8bit/`` and ``gtFine/``.
+            batch_size: training crops per batch (per device).
+            val_batch_size: validation images per batch (1: full 1024x2048 images).
+            crop_height, crop_width: training crop, after the random rescale.
+            min_scale, max_scale: range of the random rescale of training images.
+            hflip: random horizontal flips in training.
+            train_split, val_split: the split folders to read.
+            kwargs: the loader options of :class:`FolderDataModule` (num_workers, pin_memory, skip_unreadable).
+        """
         if crop_height < 1 or crop_width < 1:
             raise ConfigError(f"crop size must be positive, got {crop_height}x{crop_width}")
         if not 0 < min_scale <= max_scale:
             raise ConfigError(f"need 0 < min_scale <= max_scale, got min_scale={min_scale}, max_scale={max_scale}")
+        super().__init__(root, batch_size=batch_size, val_batch_size=val_batch_size, **kwargs)
+        self.save_hyperparameters()
         self.crop_height, self.crop_width = crop_height, crop_width
         self.min_scale, self.max_scale, self.hflip = min_scale, max_scale, hflip
-        self.skip_unreadable = skip_unreadable
-        self.root = Path(root).expanduser()
-        require_dir(self.root, "Cityscapes root", LAYOUT)
-        self.skipped: list[tuple[Path, str]] = []
-        sink = self.skipped if skip_unreadable else None
+        sink = self.skipped if self.skip_unreadable else None
         self.train_images, self.train_labels = scan_split(self.root, train_split, sink)
         self.val_images, self.val_labels = scan_split(self.root, val_split, sink)
         self.class_names = train_class_names()

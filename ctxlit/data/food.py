@@ -34,8 +34,8 @@ from typing import Literal
 
 import torch
 
-from ctxlit.data.folders import ClassificationFolderDataModule, class_folders, require_dir, scan_class_folders
-from ctxlit.data.transforms import eval_resize_size
+from ctxlit.data.folders import ClassificationFolderDataModule
+from ctxlit.data.scan import class_folders, require_dir, scan_class_folders
 from ctxlit.errors import ConfigError, DatasetError
 
 LAYOUT = """  root/train/<class>/*.jpg and root/val/<class>/*.jpg   (a given split)
@@ -60,48 +60,41 @@ class FoodDeliveryDataModule(ClassificationFolderDataModule):
     raises :class:`~ctxlit.errors.DatasetError` there, naming the path.
     """
 
+    root_name = "food dataset root"
+    layout = LAYOUT
 
     def __init__(
         self,
         root: str,
         batch_size: int = 64,
-        val_batch_size: int | None = None,
-        num_workers: int | None = None,
-        pin_memory: bool | None = None,
         image_size: int = 112,
-        resize_size: int | None = None,
         min_scale: float = 0.25,
-        hflip: bool = True,
         val_fraction: float = 0.2,
         split_seed: int = 0,
         balance: Literal["none", "loss_weights", "sampler"] = "none",
-        cache: bool = False,
-        cache_dir: str | None = None,
-        skip_unreadable: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            image_size=image_size,
-            resize_size=resize_size or eval_resize_size(image_size),
-            min_scale=min_scale,
-            hflip=hflip,
-            skip_unreadable=skip_unreadable,
-            cache=cache,
-            cache_dir=cache_dir,
-        )
-        self.save_hyperparameters()
+        """
+        Args:
+            root: the dataset folder, in one of the layouts of the module docstring.
+            batch_size: training images per batch (per device).
+            image_size: training crop and validation centre crop, in pixels.
+            min_scale: smallest area fraction of a random-resized training crop.
+            val_fraction: share of each class split off for validation (root/<class> layout).
+            split_seed: seed of that split.
+            balance: class imbalance: ``none``, ``loss_weights`` or ``sampler`` (module docstring).
+            kwargs: the options of :class:`ClassificationFolderDataModule` (resize_size, hflip,
+                cache, cache_dir) and :class:`FolderDataModule` (val_batch_size, num_workers, ...).
+        """
         if balance not in ("none", "loss_weights", "sampler"):
             raise ConfigError(f"balance must be 'none', 'loss_weights' or 'sampler', got {balance!r}")
         if not 0 < val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        super().__init__(root, batch_size=batch_size, image_size=image_size, min_scale=min_scale, **kwargs)
+        self.save_hyperparameters()
         self.balance = balance
         self.val_fraction = val_fraction
         self.split_seed = split_seed
-        self.root = Path(root).expanduser()
-        require_dir(self.root, "food dataset root", LAYOUT)
         self.presplit = (self.root / "train").is_dir() or (self.root / "val").is_dir()
         if self.presplit:
             self._scan_presplit()

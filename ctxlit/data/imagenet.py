@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctxlit.data.folders import ClassificationFolderDataModule, class_folders, require_dir, scan_class_folders
+from ctxlit.data.folders import ClassificationFolderDataModule
+from ctxlit.data.scan import class_folders, require_dir, scan_class_folders
 from ctxlit.errors import DatasetError
 
 LAYOUT = """  root/train/<wnid>/*.JPEG
@@ -44,34 +45,19 @@ def read_synset_mapping(path: Path) -> dict[str, str]:
 class ImageNetDataModule(ClassificationFolderDataModule):
     """ImageNet in ``root/{train,val}/<wnid>/``; see the module docstring."""
 
+    root_name = "ImageNet root"
+    layout = LAYOUT
 
-    def __init__(
-        self,
-        root: str,
-        batch_size: int = 256,
-        val_batch_size: int | None = None,
-        num_workers: int | None = None,
-        pin_memory: bool | None = None,
-        image_size: int = 224,
-        resize_size: int = 256,
-        min_scale: float = 0.08,
-        hflip: bool = True,
-        skip_unreadable: bool = False,
-    ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            image_size=image_size,
-            resize_size=resize_size,
-            min_scale=min_scale,
-            hflip=hflip,
-            skip_unreadable=skip_unreadable,
-        )
+    def __init__(self, root: str, batch_size: int = 256, **kwargs) -> None:
+        """
+        Args:
+            root: the folder holding ``train/`` and ``val/``.
+            batch_size: training images per batch (per device).
+            kwargs: the options of :class:`ClassificationFolderDataModule` (image_size 224,
+                resize_size 256, min_scale 0.08, hflip, cache) and :class:`FolderDataModule`.
+        """
+        super().__init__(root, batch_size=batch_size, **kwargs)
         self.save_hyperparameters()
-        self.root = Path(root).expanduser()
-        require_dir(self.root, "ImageNet root", LAYOUT)
         for split in ("train", "val"):
             require_dir(self.root / split, f"ImageNet {split} folder", LAYOUT)
         classes = class_folders(self.root / "train", LAYOUT)
@@ -84,8 +70,8 @@ class ImageNetDataModule(ClassificationFolderDataModule):
                 f"missing from val: {', '.join(missing[:5]) or 'none'}{' ...' if len(missing) > 5 else ''}; "
                 f"only in val: {', '.join(extra[:5]) or 'none'}{' ...' if len(extra) > 5 else ''}"
             )
-        train = scan_class_folders(self.root / "train", classes, LAYOUT, skip_unreadable, self.skipped)
-        val = scan_class_folders(self.root / "val", classes, LAYOUT, skip_unreadable, self.skipped)
+        train = scan_class_folders(self.root / "train", classes, LAYOUT, self.skip_unreadable, self.skipped)
+        val = scan_class_folders(self.root / "val", classes, LAYOUT, self.skip_unreadable, self.skipped)
         self._set_samples(classes, train, val)
         self.human_names: dict[str, str] = {}
         for name in SYNSET_FILES:

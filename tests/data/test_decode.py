@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ctxlit.data.folders import ResizedImageCache, decode_label, decode_rgb
+from ctxlit.data.cache import ResizedImageCache
+from ctxlit.data.decode import decode_label, decode_rgb
 from ctxlit.errors import DatasetError
 
 from .conftest import write_image

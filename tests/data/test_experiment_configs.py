@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 from pathlib import Path
 
 import pytest
 import yaml
+from jsonargparse import ArgumentParser
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -18,13 +18,20 @@ def _data_sections():
             yield pytest.param(path, id=f"{folder}/{path.name}")
 
 
+def cli_options(cls) -> set[str]:
+    """The options the CLI offers for ``cls``: jsonargparse follows ``**kwargs`` into the bases."""
+    parser = ArgumentParser()
+    parser.add_class_arguments(cls, "data", fail_untyped=False)
+    return {a.dest.removeprefix("data.") for a in parser._actions if a.dest.startswith("data.")}
+
+
 @pytest.mark.parametrize("path", list(_data_sections()))
 def test_data_section_builds(path, request):
     data = yaml.safe_load(path.read_text())["data"]
     module, _, name = data["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     options = dict(data["init_args"])
-    assert set(options) <= set(inspect.signature(cls).parameters), "unknown option in the YAML"
+    assert set(options) <= cli_options(cls), "unknown option in the YAML"
     fixture = {"FoodDeliveryDataModule": "food_split", "ImageNetDataModule": "imagenet_tree",
                "CityscapesDataModule": "cityscapes_tree"}[name]
     root = request.getfixturevalue(fixture)
@@ -63,3 +70,28 @@ def test_experiment_trains_through_the_cli(config, fixture, request, tmp_path, m
     classes = request.getfixturevalue(fixture)
     assert state["hyper_parameters"]["num_classes"] == len(
         [p for p in (classes / "train" if (classes / "train").is_dir() else classes).iterdir() if p.is_dir()])
+
+
+@pytest.mark.parametrize(
+    "name, own, inherited",
+    [
+        ("FoodDeliveryDataModule", {"batch_size": "64", "image_size": "112", "balance": "none"},
+         {"resize_size": "null", "cache_dir": "null", "num_workers": "null", "skip_unreadable": "False"}),
+        ("ImageNetDataModule", {"batch_size": "256"},
+         {"image_size": "224", "min_scale": "0.08", "hflip": "True", "val_batch_size": "null", "pin_memory": "null"}),
+        ("CityscapesDataModule", {"batch_size": "8", "val_batch_size": "1", "crop_width": "1024"},
+         {"num_workers": "null", "skip_unreadable": "False"}),
+    ],
+)
+def test_help_shows_every_option_once_with_its_type_and_default(name, own, inherited, capsys):
+    """Options declared once, in the class that owns them, reach ``--data.help`` through
+    ``**kwargs``: a subclass's own default, and each base option with the base's default."""
+    from ctxlit.fit import main
+
+    with pytest.raises(SystemExit):
+        main([f"--data.help=ctxlit.data.{name}"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in {**own, **inherited}.items():
+        assert text.count(f"--data.{option} ") >= 1, option
+        entry = text.split(f"--data.{option} ", 2)[-1]  # the help entry, after the usage line
+        assert f"default: {default})" in entry.split("--data.")[0], (option, entry[:200])

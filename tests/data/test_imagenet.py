@@ -43,7 +43,7 @@ def test_val_centre_crop_matches_resize_256_crop_224(tmp_path):
     dm.setup("validate")
     from torchvision.transforms.v2 import functional as F
 
-    from ctxlit.data.folders import decode_rgb
+    from ctxlit.data.decode import decode_rgb
 
     expected = F.center_crop(F.resize(decode_rgb(root / "val" / "n0" / "a.JPEG"), 256, antialias=True), 224)
     assert torch.equal(dm.val_dataset[0][0], expected)
