@@ -237,7 +237,7 @@ def test_data_option_rejected_by_the_data_module_is_one_line_error(tmp_path, cap
     monkeypatch.chdir(tmp_path)
     assert main([*TINY, "--data.init_args.image_size=[8,32]"]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1] == "error: data option 'image_size' height (2 x glyph_size) must be >= 10, got 8"
+    assert err.splitlines()[-1] == "error: data: image_size height (2 x glyph_size) must be >= 10; got 8"
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
 
 
@@ -285,7 +285,7 @@ def test_ddp_two_cpu_processes_make_one_wandb_run_and_exact_val_metrics(tmp_path
     import pytorch_lightning as pl
 
     from ctxlit.data import SyntheticContextDataModule
-    from ctxlit.tasks import classification
+    from ctxlit.tasks import ClassificationTask
 
     task = ClassificationTask.load_from_checkpoint(versions[0] / "checkpoints" / "last.ckpt", map_location="cpu")
     dm = SyntheticContextDataModule(train_size=64, val_size=23, image_size=(16, 32), batch_size=16)

@@ -178,11 +178,11 @@ def test_fresh_samples_every_epoch():
 
 @pytest.mark.parametrize(
     "option, value, message",
-    [("train_size", 0, "'train_size' must be >= 1, got 0"), ("num_shapes", 1, "'num_shapes' must be >= 2"),
-     ("margin", -1, "'margin' must be >= 0"), ("image_size", (9, 64), r"'image_size' height \(2 x glyph_size\) must be >= 10"),
-     ("image_size", (16, 16), r"'image_size' width .* must be >= 17, got 16"),
+    [("train_size", 0, "data: train_size must be >= 1; got 0"), ("num_shapes", 1, "data: num_shapes must be >= 2"),
+     ("margin", -1, "data: margin must be >= 0"), ("image_size", (9, 64), r"data: image_size height \(2 x glyph_size\) must be >= 10"),
+     ("image_size", (16, 16), r"data: image_size width .* must be >= 17; got 16"),
      ("image_size", (64,), r"'image_size' must be \[height, width\], got \(64,\)"),
-     ("batch_size", 0, "'batch_size' must be >= 1"), ("num_workers", -1, "'num_workers' must be >= 0")],
+     ("batch_size", 0, "data: batch_size must be >= 1"), ("num_workers", -1, "data: num_workers must be >= 0")],
 )
 def test_invalid_options_name_the_option(option, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -31,10 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctxlit.errors import ConfigError
+from ctxlit.utils.checks import check_choice, check_positive_int
+from ctxlit.utils.layers import conv_norm_act
 
 from .plugins import apply_plugins
-from .resnet import BasicBlock, Bottleneck, conv3x3
+from .layers import init_weights
+from .resnet import BasicBlock, Bottleneck
 
 HRNET_OPTIONS = ("features", "in_channels", "zero_init_residual")
 FEATURES = ("branches", "concat")
@@ -65,13 +67,6 @@ for _w in (18, 32, 48):
 HEAD_CHANNELS = (32, 64, 128, 256)
 
 
-def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, relu: bool = True, bias: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=bias), nn.BatchNorm2d(cout)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
 def _stack(block, inplanes: int, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
     downsample = None
     if stride != 1 or inplanes != planes * block.expansion:
@@ -96,12 +91,12 @@ class HighResolutionModule(nn.Module):
             row = nn.ModuleList()
             for j in range(n):
                 if j > i:
-                    row.append(_conv_bn(channels[j], channels[i], 1, relu=False))
+                    row.append(conv_norm_act(channels[j], channels[i], 1, act=False))
                 elif j == i:
                     row.append(nn.Identity())
                 else:
                     steps = [
-                        _conv_bn(channels[j], channels[i] if k == i - j - 1 else channels[j], 3, 2, relu=k != i - j - 1)
+                        conv_norm_act(channels[j], channels[i] if k == i - j - 1 else channels[j], 3, 2, act=k != i - j - 1)
                         for k in range(i - j)
                     ]
                     row.append(nn.Sequential(*steps))
@@ -141,14 +136,11 @@ class HRNet(nn.Module):
         name: str = "hrnet",
     ) -> None:
         super().__init__()
-        if features not in FEATURES:
-            raise ConfigError(f"option features={features!r} is not allowed; allowed values: {', '.join(map(repr, FEATURES))}")
-        if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
-            raise ConfigError(f"option in_channels={in_channels!r} must be a positive integer")
-        if zero_init_residual not in (False, True) or not isinstance(zero_init_residual, bool):
-            raise ConfigError(f"option zero_init_residual={zero_init_residual!r} is not allowed; allowed values: False, True")
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ConfigError(f"num_classes={num_classes!r} must be a positive integer")
+        check_choice("features", features, FEATURES, owner=name)
+        check_positive_int("in_channels", in_channels, owner=name)
+        check_choice("zero_init_residual", zero_init_residual, (False, True), owner=name)
+        if num_classes is not None:
+            check_positive_int("num_classes", num_classes, owner=name)
         self.name = name
         self.num_classes = num_classes
         self.features = features
@@ -169,18 +161,7 @@ class HRNet(nn.Module):
         self.branch_channels = prev
 
         if num_classes is not None:
-            self.incre_modules = nn.ModuleList(
-                _stack(Bottleneck, c, h, 1) for c, h in zip(prev, HEAD_CHANNELS)
-            )
-            head = [h * Bottleneck.expansion for h in HEAD_CHANNELS]
-            self.downsamp_modules = nn.ModuleList(
-                _conv_bn(head[i], head[i + 1], 3, 2, bias=True) for i in range(len(head) - 1)
-            )
-            self.final_layer = _conv_bn(head[-1], 2048, 1, bias=True)
-            self.classifier = nn.Linear(2048, num_classes)
-            self.num_features = 2048
-            self.out_channels = [2048]
-            self.feature_strides = [32]
+            self._add_classification_head(prev, num_classes)
         elif features == "concat":
             self.out_channels = [sum(prev)]
             self.feature_strides = [4]
@@ -188,32 +169,35 @@ class HRNet(nn.Module):
             self.out_channels = list(prev)
             self.feature_strides = [4, 8, 16, 32]
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        if zero_init_residual:
-            for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)):
-                    nn.init.zeros_(m.last_bn().weight)
+        init_weights(self, zero_init_residual)
         self.plugin_specs = apply_plugins(self, plugins, name)
+
+    def _add_classification_head(self, branch_channels: list[int], num_classes: int) -> None:
+        """HRNet-W*-C's head: each branch widened by a Bottleneck (to 128/256/512/1024), summed
+        from high to low resolution through stride-2 convs, then 1x1 to 2048 and the classifier."""
+        self.incre_modules = nn.ModuleList(_stack(Bottleneck, c, h, 1) for c, h in zip(branch_channels, HEAD_CHANNELS))
+        head = [h * Bottleneck.expansion for h in HEAD_CHANNELS]
+        self.downsamp_modules = nn.ModuleList(
+            conv_norm_act(head[i], head[i + 1], 3, 2, bias=True) for i in range(len(head) - 1)
+        )
+        self.final_layer = conv_norm_act(head[-1], 2048, 1, bias=True)
+        self.classifier = nn.Linear(2048, num_classes)
+        self.num_features = 2048
+        self.out_channels = [2048]
+        self.feature_strides = [32]
 
     @staticmethod
     def _transition(prev: list[int], cur: list[int]) -> nn.ModuleList:
         layers = nn.ModuleList()
         for i, c in enumerate(cur):
             if i < len(prev):
-                layers.append(_conv_bn(prev[i], c, 3) if prev[i] != c else nn.Identity())
+                layers.append(conv_norm_act(prev[i], c, 3) if prev[i] != c else nn.Identity())
             else:
                 steps = []
                 for k in range(i + 1 - len(prev)):
                     cin = prev[-1]
                     cout = c if k == i - len(prev) else cin
-                    steps.append(_conv_bn(cin, cout, 3, 2))
+                    steps.append(conv_norm_act(cin, cout, 3, 2))
                 layers.append(nn.Sequential(*steps))
         return layers
 

@@ -19,18 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from ctxlit.errors import ConfigError
+from ctxlit.utils.checks import check_choice, check_positive_int
 
+from .layers import NormLayer, conv1x1, conv3x3, init_weights, norm_layer_from
 from .plugins import PluggableMixin, PluginSpec, apply_plugins
-
-
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(
-        in_planes, out_planes, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups, bias=False
-    )
-
-
-def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
 class BasicBlock(PluggableMixin, nn.Module):
@@ -52,28 +44,29 @@ class BasicBlock(PluggableMixin, nn.Module):
         base_width: int = 64,
         dilation: int = 1,
         first_dilation: int | None = None,
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         if groups != 1:
             raise ConfigError("BasicBlock supports only groups=1 (use a Bottleneck ResNet for ResNeXt)")
         first_dilation = first_dilation or dilation
         self.conv1 = conv3x3(inplanes, planes, stride, dilation=first_dilation)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes, dilation=dilation)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm_layer(planes)
         self.downsample = downsample
         self.stride = stride
         self._sig = {"conv1": (inplanes, planes, stride), "conv2": (planes, planes, 1)}
         self._init_plugins()
 
     def plugin_channels(self, position: str) -> int:
-        return self.bn2.num_features
+        return self._sig["conv2"][1]
 
     def conv_signature(self, attr: str) -> tuple[int, int, int]:
         return self._sig[attr]
 
-    def last_bn(self) -> nn.BatchNorm2d:
+    def last_bn(self) -> nn.Module:
         return self.bn2
 
     def forward(self, x: Tensor) -> Tensor:
@@ -107,15 +100,16 @@ class Bottleneck(PluggableMixin, nn.Module):
         dilation: int = 1,
         first_dilation: int | None = None,
         mid_channels: int | None = None,
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         width = mid_channels or int(planes * (base_width / 64.0)) * groups
         self.conv1 = conv1x1(inplanes, width)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = norm_layer(width)
         self.conv2 = conv3x3(width, width, stride, groups, first_dilation or dilation)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = norm_layer(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
@@ -125,12 +119,12 @@ class Bottleneck(PluggableMixin, nn.Module):
     def plugin_channels(self, position: str) -> int:
         if position in ("after_conv1", "after_conv2"):
             return self.width
-        return self.bn3.num_features
+        return self.conv3.out_channels
 
     def conv_signature(self, attr: str) -> tuple[int, int, int]:
         return (self.width, self.width, self.stride)
 
-    def last_bn(self) -> nn.BatchNorm2d:
+    def last_bn(self) -> nn.Module:
         return self.bn3
 
     def forward(self, x: Tensor) -> Tensor:
@@ -147,16 +141,51 @@ class Bottleneck(PluggableMixin, nn.Module):
 
 STEMS = ("imagenet", "deep", "cifar", "lr")
 OUTPUT_STRIDES = (32, 16, 8)
+#: output stride -> whether layer2, layer3, layer4 trade their stride for dilation
+_DILATE = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}
 
 
-def _choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed):
-        raise ConfigError(f"option {name}={value!r} is not allowed; allowed values: {', '.join(map(repr, allowed))}")
+def _check_options(block, num_classes, width, stem, output_stride, zero_init_residual, groups, width_per_group,
+                   mid_channels, in_channels, stem_operator, name) -> None:
+    for option, value in (("width", width), ("groups", groups), ("width_per_group", width_per_group),
+                          ("in_channels", in_channels)):
+        check_positive_int(option, value, owner=name)
+    if num_classes is not None:
+        check_positive_int("num_classes", num_classes, owner=name)
+    check_choice("stem", stem, STEMS, owner=name)
+    check_choice("output_stride", output_stride, OUTPUT_STRIDES, owner=name)
+    check_choice("zero_init_residual", zero_init_residual, (False, True), owner=name)
+    if block is BasicBlock and groups != 1:
+        raise ConfigError(f"option groups={groups} needs a Bottleneck ResNet; {name} uses BasicBlock")
+    if mid_channels is not None and len(mid_channels) != 4:
+        raise ConfigError(f"option mid_channels must list 4 stage widths, got {mid_channels!r}")
+    if stem == "lr" and stem_operator is None:
+        raise ConfigError("stem='lr' needs a local relation operator (use the lrnet* backbones)")
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"option {name}={value!r} must be a positive integer")
+def make_stem(stem: str, in_channels: int, width: int, norm_layer: NormLayer) -> nn.Module:
+    """``conv1`` of each stem (see :class:`ResNet`); its last norm is the ResNet's ``bn1``. The
+    ``lr`` stem's local relation layer is appended after initialisation (it owns its init)."""
+    if stem == "imagenet":
+        return nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+    if stem == "cifar":
+        return conv3x3(in_channels, width)
+    if stem == "lr":
+        return nn.Sequential(conv1x1(in_channels, width), norm_layer(width), nn.ReLU(inplace=True))
+    half = max(width // 2, 1)  # deep: three 3x3 convs
+    return nn.Sequential(
+        conv3x3(in_channels, half, stride=2), norm_layer(half), nn.ReLU(inplace=True),
+        conv3x3(half, half), norm_layer(half), nn.ReLU(inplace=True),
+        conv3x3(half, width),
+    )
+
+
+def stage_strides(stem: str, output_stride: int) -> list[int]:
+    """Output strides of layer1..layer4: the stem's (4, or 1 for cifar), then x2 per undilated stage."""
+    strides = [1 if stem == "cifar" else 4]
+    for dilated in _DILATE[output_stride]:
+        strides.append(strides[-1] * (1 if dilated else 2))
+    return strides
 
 
 class ResNet(nn.Module):
@@ -179,6 +208,9 @@ class ResNet(nn.Module):
         groups, width_per_group: ResNeXt (Bottleneck only), e.g. 32 and 4.
         mid_channels: per-stage Bottleneck inner widths (overrides width_per_group; LR-Net).
         in_channels: input image channels.
+        norm_layer: every norm of the backbone (not of inserted blocks): ``batchnorm``
+            (default), ``groupnorm`` (32 groups) or ``frozen_batchnorm`` (fixed statistics, for
+            fine-tuning with small batches), or a ``channels -> module`` callable as in torchvision.
     """
 
     stage_note = "layer1..layer4 = c2..c5"
@@ -197,92 +229,37 @@ class ResNet(nn.Module):
         width_per_group: int = 64,
         mid_channels: Sequence[int] | None = None,
         in_channels: int = 3,
+        norm_layer: str | NormLayer | None = None,
         stem_operator: Callable[..., nn.Module] | PluginSpec | None = None,
         plugins: Any = None,
         name: str = "resnet",
     ) -> None:
         super().__init__()
-        _positive_int("width", width)
-        _positive_int("groups", groups)
-        _positive_int("width_per_group", width_per_group)
-        _positive_int("in_channels", in_channels)
-        _choice("stem", stem, STEMS)
-        _choice("output_stride", output_stride, OUTPUT_STRIDES)
-        _choice("zero_init_residual", zero_init_residual, (False, True))
-        if num_classes is not None:
-            _positive_int("num_classes", num_classes)
-        if block is BasicBlock and groups != 1:
-            raise ConfigError(f"option groups={groups} needs a Bottleneck ResNet; {name} uses BasicBlock")
-        if mid_channels is not None and len(mid_channels) != 4:
-            raise ConfigError(f"option mid_channels must list 4 stage widths, got {mid_channels!r}")
-        if stem == "lr" and stem_operator is None:
-            raise ConfigError("stem='lr' needs a local relation operator (use the lrnet* backbones)")
+        _check_options(block, num_classes, width, stem, output_stride, zero_init_residual, groups, width_per_group,
+                       mid_channels, in_channels, stem_operator, name)
         self.name = name
-        self.groups = groups
-        self.base_width = width_per_group
-        self.inplanes = width
-        self.dilation = 1
-
-        # ---- stem
-        stem_stride = 4
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
-        elif stem == "deep":
-            half = max(width // 2, 1)
-            self.conv1 = nn.Sequential(
-                conv3x3(in_channels, half, stride=2),
-                nn.BatchNorm2d(half),
-                nn.ReLU(inplace=True),
-                conv3x3(half, half),
-                nn.BatchNorm2d(half),
-                nn.ReLU(inplace=True),
-                conv3x3(half, width),
-            )
-        elif stem == "cifar":
-            self.conv1 = conv3x3(in_channels, width)
-            stem_stride = 1
-        else:  # lr
-            # the local relation layer is appended after initialisation (it owns its init)
-            self.conv1 = nn.Sequential(conv1x1(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-        self.bn1 = nn.BatchNorm2d(width)
+        self.groups, self.base_width = groups, width_per_group
+        self.norm_layer = norm_layer_from(norm_layer)
+        self.inplanes, self.dilation = width, 1
+        self.conv1 = make_stem(stem, in_channels, width, self.norm_layer)
+        self.bn1 = self.norm_layer(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem != "cifar" else nn.Identity()
-
-        # ---- stages
-        dilate = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}[output_stride]
         mids = list(mid_channels) if mid_channels is not None else [None] * 4
-        self.layer1 = self._make_layer(block, width, layers[0], mid=mids[0])
-        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2, dilate=dilate[0], mid=mids[1])
-        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2, dilate=dilate[1], mid=mids[2])
-        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2, dilate=dilate[2], mid=mids[3])
-
-        self.out_channels = [width * m * block.expansion for m in (1, 2, 4, 8)]
-        strides, s = [], stem_stride
-        for i, d in enumerate((False, *dilate)):
-            if i > 0 and not d:
-                s *= 2
-            strides.append(s)
-        self.feature_strides = strides
+        for i, dilate in enumerate((False, *_DILATE[output_stride])):
+            layer = self._make_layer(block, width * 2**i, layers[i], 1 if i == 0 else 2, dilate, mids[i])
+            setattr(self, f"layer{i + 1}", layer)
+        self.out_channels = [width * 2**i * block.expansion for i in range(4)]
+        self.feature_strides = stage_strides(stem, output_stride)
         self.num_features = self.out_channels[-1]
         self.num_classes = num_classes
         if num_classes is not None:
             self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
             self.fc = nn.Linear(self.num_features, num_classes)
-
-        # Initialise the backbone before plugins go in: blocks own their initialisation.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, zero_init_residual)
         if stem == "lr":
             operator = stem_operator if isinstance(stem_operator, PluginSpec) else PluginSpec(block=stem_operator)
             self.conv1.append(operator.factory(width, out_channels=width, stride=2))
-        if zero_init_residual:
-            for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)):
-                    nn.init.zeros_(m.last_bn().weight)
         self.plugin_specs = apply_plugins(self, plugins, name)
 
     def _make_layer(
@@ -295,27 +272,14 @@ class ResNet(nn.Module):
             stride = 1
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
-                conv1x1(self.inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+                conv1x1(self.inplanes, planes * block.expansion, stride), self.norm_layer(planes * block.expansion)
             )
         extra = {"mid_channels": mid} if mid is not None else {}
-        layers = [
-            block(
-                self.inplanes,
-                planes,
-                stride,
-                downsample,
-                self.groups,
-                self.base_width,
-                self.dilation,
-                first_dilation=previous_dilation,
-                **extra,
-            )
-        ]
+        common = dict(groups=self.groups, base_width=self.base_width, norm_layer=self.norm_layer, **extra)
+        layers = [block(self.inplanes, planes, stride, downsample, dilation=self.dilation,
+                        first_dilation=previous_dilation, **common)]
         self.inplanes = planes * block.expansion
-        for _ in range(1, blocks):
-            layers.append(
-                block(self.inplanes, planes, groups=self.groups, base_width=self.base_width, dilation=self.dilation, **extra)
-            )
+        layers += [block(self.inplanes, planes, dilation=self.dilation, **common) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def plugin_sites(self) -> dict[int, list[tuple[str, nn.Sequential]]]:

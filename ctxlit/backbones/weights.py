@@ -71,7 +71,7 @@ class LoadReport:
             lines.append(f"  outside the backbone (ignored): {len(self.outside_prefix)} tensors: {desc}")
         if self.shape_mismatch:
             lines.append(
-                f"  shape mismatch (skipped, kept initialisation): "
+                "  shape mismatch (skipped, kept initialisation): "
                 + "; ".join(f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in self.shape_mismatch)
             )
         return "\n".join(lines)

@@ -9,7 +9,6 @@ projections) inherits :class:`RecordsAttention` and calls ``self._record(tensor)
 from __future__ import annotations
 
 import contextlib
-import typing
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from ctxlit.errors import ConfigError
+from ctxlit.utils.checks import check_positive
 
 #: Relative (y, x) query positions used for Non-local maps when ``record_attention`` gets no
 #: ``queries``: the centre and the centres of the four quadrants.
@@ -29,22 +29,9 @@ DEFAULT_QUERIES: tuple[tuple[float, float], ...] = (
 )
 
 
-def check_choice(owner: str, option: str, value: Any, literal: Any) -> None:
-    """Raise ``ConfigError`` (a ``ValueError``) unless ``value`` is one of ``Literal`` ``literal``'s values."""
-    allowed = typing.get_args(literal)
-    if value not in allowed:
-        choices = ", ".join(repr(a) for a in allowed)
-        raise ConfigError(f"{owner}: {option} must be one of {choices}; got {value!r}")
-
-
-def check_positive(owner: str, option: str, value: float, *, what: str = "") -> None:
-    if not value > 0:
-        raise ConfigError(f"{owner}: {option} must be > 0{what}; got {value!r}")
-
-
 def hidden_width(owner: str, option: str, channels: int, ratio: float) -> int:
     """``int(channels * ratio)``, refusing a ratio that leaves no hidden channel."""
-    check_positive(owner, option, ratio)
+    check_positive(option, ratio, owner=owner)
     hidden = int(channels * ratio)
     if hidden < 1:
         raise ConfigError(
@@ -56,7 +43,7 @@ def hidden_width(owner: str, option: str, channels: int, ratio: float) -> int:
 
 def reduced_width(owner: str, option: str, channels: int, reduction: int) -> int:
     """``channels // reduction``, refusing a reduction that leaves no hidden channel."""
-    check_positive(owner, option, reduction)
+    check_positive(option, reduction, owner=owner)
     hidden = channels // reduction
     if hidden < 1:
         raise ConfigError(
@@ -68,7 +55,7 @@ def reduced_width(owner: str, option: str, channels: int, reduction: int) -> int
 
 def check_positive_options(owner: str, **values: float) -> None:
     for option, value in values.items():
-        check_positive(owner, option, value)
+        check_positive(option, value, owner=owner)
 
 
 def reset_submodules(module: nn.Module) -> None:

@@ -37,7 +37,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ctxlit.blocks._common import RecordsAttention, check_choice, hidden_width
+from ctxlit.blocks._common import RecordsAttention, hidden_width
+from ctxlit.utils.checks import check_choice
 
 Pooling = Literal["att", "avg"]
 Fusion = Literal["add", "mul", "both"]
@@ -101,8 +102,8 @@ class GlobalContext(RecordsAttention, nn.Module):
         layernorm: bool = True,
     ) -> None:
         super().__init__()
-        check_choice("GlobalContext", "pooling", pooling, Pooling)
-        check_choice("GlobalContext", "fusion", fusion, Fusion)
+        check_choice("pooling", pooling, Pooling, owner="GlobalContext")
+        check_choice("fusion", fusion, Fusion, owner="GlobalContext")
         hidden = hidden_width("GlobalContext", "ratio", channels, ratio)
         self.channels, self.hidden = channels, hidden
         self.ratio, self.pooling, self.fusion, self.layernorm = ratio, pooling, fusion, layernorm

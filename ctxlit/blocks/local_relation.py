@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctxlit.blocks._common import RecordsAttention, check_choice, check_positive_options
+from ctxlit.blocks._common import RecordsAttention, check_positive_options
+from ctxlit.utils.checks import check_choice
 from ctxlit.errors import ConfigError
 
 Phi = Literal["squared_diff", "abs_diff", "product"]
@@ -161,7 +162,7 @@ class LocalRelation(RecordsAttention, nn.Module):
     ) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
-        check_choice("LocalRelation", "phi", phi, Phi)
+        check_choice("phi", phi, Phi, owner="LocalRelation")
         check_positive_options(
             "LocalRelation", stride=stride, channels_per_group=channels_per_group, geometry_hidden=geometry_hidden
         )

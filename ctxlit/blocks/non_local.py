@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctxlit.blocks._common import RecordsAttention, check_choice, query_indices, reduced_width
+from ctxlit.blocks._common import RecordsAttention, query_indices, reduced_width
+from ctxlit.utils.checks import check_choice
 from ctxlit.errors import ConfigError
 
 Mode = Literal["embedded_gaussian", "gaussian", "dot_product", "concatenation"]
@@ -71,7 +72,7 @@ class NonLocal(RecordsAttention, nn.Module):
         scaled: bool = False,
     ) -> None:
         super().__init__()
-        check_choice("NonLocal", "mode", mode, Mode)
+        check_choice("mode", mode, Mode, owner="NonLocal")
         inter = reduced_width("NonLocal", "reduction", channels, reduction)
         if scaled and mode not in SOFTMAX_MODES:
             raise ConfigError(f"NonLocal: scaled=True needs mode 'embedded_gaussian' or 'gaussian'; got mode={mode!r}")

@@ -33,14 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctxlit.blocks._common import RecordsAttention, check_positive_options, reduced_width, reset_submodules
-
-
-def conv_bn(cin: int, cout: int, kernel: tuple[int, int], relu: bool = False) -> nn.Sequential:
-    padding = (kernel[0] // 2, kernel[1] // 2)
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, padding=padding, bias=False), nn.BatchNorm2d(cout)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+from ctxlit.utils.layers import conv_norm_act
 
 
 def _upsample(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -55,8 +48,8 @@ class StripPooling(RecordsAttention, nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.channels = channels
-        self.strip_h = conv_bn(channels, channels, (3, 1))
-        self.strip_w = conv_bn(channels, channels, (1, 3))
+        self.strip_h = conv_norm_act(channels, channels, (3, 1), act=False)
+        self.strip_w = conv_norm_act(channels, channels, (1, 3), act=False)
         self.fuse = nn.Conv2d(channels, channels, kernel_size=1)
         self.reset_parameters()
 
@@ -88,16 +81,16 @@ class MixedPooling(nn.Module):
         check_positive_options("MixedPooling", pool1=pool1, pool2=pool2)
         inter = reduced_width("MixedPooling", "reduction", channels, reduction)
         self.channels, self.inter, self.reduction, self.pool1, self.pool2 = channels, inter, reduction, pool1, pool2
-        self.reduce_short = conv_bn(channels, inter, (1, 1), relu=True)
-        self.reduce_long = conv_bn(channels, inter, (1, 1), relu=True)
-        self.local = conv_bn(inter, inter, (3, 3))
-        self.pyramid1 = conv_bn(inter, inter, (3, 3))
-        self.pyramid2 = conv_bn(inter, inter, (3, 3))
-        self.strip_w = conv_bn(inter, inter, (1, 3))  # on the 1 x W strip (mean over H)
-        self.strip_h = conv_bn(inter, inter, (3, 1))  # on the H x 1 strip (mean over W)
-        self.fuse_short = conv_bn(inter, inter, (3, 3), relu=True)
-        self.fuse_long = conv_bn(inter, inter, (3, 3), relu=True)
-        self.project = conv_bn(2 * inter, channels, (1, 1))
+        self.reduce_short = conv_norm_act(channels, inter, (1, 1))
+        self.reduce_long = conv_norm_act(channels, inter, (1, 1))
+        self.local = conv_norm_act(inter, inter, (3, 3), act=False)
+        self.pyramid1 = conv_norm_act(inter, inter, (3, 3), act=False)
+        self.pyramid2 = conv_norm_act(inter, inter, (3, 3), act=False)
+        self.strip_w = conv_norm_act(inter, inter, (1, 3), act=False)  # on the 1 x W strip (mean over H)
+        self.strip_h = conv_norm_act(inter, inter, (3, 1), act=False)  # on the H x 1 strip (mean over W)
+        self.fuse_short = conv_norm_act(inter, inter, (3, 3))
+        self.fuse_long = conv_norm_act(inter, inter, (3, 3))
+        self.project = conv_norm_act(2 * inter, channels, (1, 1), act=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -21,6 +21,7 @@ from ctxlit.data.datasets import LabelledImages
 from ctxlit.data.sampling import ResumableTrainData, SeededAugmentation, evaluation_sampler, run_seed
 from ctxlit.data.scan import default_threads, describe_skipped, find_unreadable, report, require_dir
 from ctxlit.errors import ConfigError, DatasetError
+from ctxlit.utils.checks import check_at_least
 
 
 def default_num_workers() -> int:
@@ -64,8 +65,8 @@ class FolderDataModule(ResumableTrainData, pl.LightningDataModule):
         """
         super().__init__()
         for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
+            if value is not None:
+                check_at_least(name, value, 1, owner="data")
         self.root = require_dir(Path(root).expanduser(), self.root_name, self.layout)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size

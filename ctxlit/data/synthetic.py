@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctxlit.data.sampling import ResumableTrainData, evaluation_sampler
 from ctxlit.errors import ConfigError
+from ctxlit.utils.checks import check_at_least
 
 # The glyph bank defines the task, so it is fixed across data seeds.
 _GLYPH_BANK_SEED = 20190425
@@ -189,17 +190,17 @@ class SyntheticContextDataModule(ResumableTrainData, pl.LightningDataModule):
         if len(tuple(image_size)) != 2:
             raise ConfigError(f"data option 'image_size' must be [height, width], got {image_size!r}")
         height, width = image_size
-        _check_at_least("seed", seed, 0)
-        _check_at_least("train_size", train_size, 1)
-        _check_at_least("val_size", val_size, 1)
-        _check_at_least("num_shapes", num_shapes, 2)
-        _check_at_least("glyph_size", glyph_size, 2)
-        _check_at_least("margin", margin, 0)
+        check_at_least("seed", seed, 0, owner="data")
+        check_at_least("train_size", train_size, 1, owner="data")
+        check_at_least("val_size", val_size, 1, owner="data")
+        check_at_least("num_shapes", num_shapes, 2, owner="data")
+        check_at_least("glyph_size", glyph_size, 2, owner="data")
+        check_at_least("margin", margin, 0, owner="data")
         # Two candidates stacked in the two halves; cue and candidates in separate columns.
-        _check_at_least("image_size", height, 2 * glyph_size, "height (2 x glyph_size)")
-        _check_at_least("image_size", width, 2 * (glyph_size + margin) + 1, "width (2 x (glyph_size + margin) + 1)")
-        _check_at_least("batch_size", batch_size, 1)
-        _check_at_least("num_workers", num_workers, 0)
+        check_at_least("image_size", height, 2 * glyph_size, owner="data", what="height (2 x glyph_size)")
+        check_at_least("image_size", width, 2 * (glyph_size + margin) + 1, owner="data", what="width (2 x (glyph_size + margin) + 1)")
+        check_at_least("batch_size", batch_size, 1, owner="data")
+        check_at_least("num_workers", num_workers, 0, owner="data")
         self.save_hyperparameters()
         self.seed = seed
         self.batch_size = batch_size
@@ -240,9 +241,3 @@ class SyntheticContextDataModule(ResumableTrainData, pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-
-def _check_at_least(option: str, value: int, minimum: int, what: str = "") -> None:
-    if value < minimum:
-        what = f" {what}" if what else ""
-        raise ConfigError(f"data option {option!r}{what} must be >= {minimum}, got {value}")

@@ -21,17 +21,10 @@ from torch import Tensor, nn
 
 from ctxlit.blocks import build_block
 from ctxlit.errors import ConfigError
+from ctxlit.utils.layers import conv_norm_act
 
 #: ``None``/``"none"``, a block registry name (its defaults), or ``channels -> nn.Module``.
 HeadBlock = Union[str, Callable[[int], nn.Module], None]
-
-
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
 
 
 def make_block(block: HeadBlock, channels: int) -> nn.Module:
@@ -73,9 +66,9 @@ class FCNHead(nn.Module):
             raise ConfigError(f"FCNHead needs num_convs >= 1, got {num_convs}")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ConfigError(f"FCNHead kernel_size must be odd and positive, got {kernel_size}")
-        self.conv_in = conv_bn_relu(in_channels, channels, kernel_size)
+        self.conv_in = conv_norm_act(in_channels, channels, kernel_size)
         self.block = make_block(block, channels)
-        self.convs = nn.Sequential(*(conv_bn_relu(channels, channels, kernel_size) for _ in range(num_convs - 1)))
+        self.convs = nn.Sequential(*(conv_norm_act(channels, channels, kernel_size) for _ in range(num_convs - 1)))
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 

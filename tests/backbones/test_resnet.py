@@ -106,9 +106,9 @@ def test_feature_extractor_has_no_classifier_keys():
 @pytest.mark.parametrize(
     "options, fragment",
     [
-        ({"stem": "vgg"}, "stem='vgg'"),
-        ({"output_stride": 4}, "output_stride=4"),
-        ({"width": 0}, "width=0"),
+        ({"stem": "vgg"}, "resnet18: stem must be one of 'imagenet', 'deep', 'cifar', 'lr'; got 'vgg'"),
+        ({"output_stride": 4}, "resnet18: output_stride must be one of 32, 16, 8; got 4"),
+        ({"width": 0}, "resnet18: width must be a positive integer; got 0"),
         ({"zero_init_residual": "yes"}, "zero_init_residual"),
         ({"dilation": 2}, "no option(s) dilation"),
         ({"groups": 32}, "groups=32"),
@@ -121,7 +121,7 @@ def test_invalid_options_name_option_and_allowed_values(options, fragment):
 
 
 def test_invalid_option_lists_allowed_values():
-    with pytest.raises(ValueError, match="allowed values: 'imagenet', 'deep', 'cifar'"):
+    with pytest.raises(ValueError, match="stem must be one of 'imagenet', 'deep', 'cifar'"):
         build_backbone("resnet50", stem="vgg")
-    with pytest.raises(ValueError, match="allowed values: 32, 16, 8"):
+    with pytest.raises(ValueError, match="output_stride must be one of 32, 16, 8"):
         build_backbone("resnet50", output_stride=4)

@@ -47,7 +47,7 @@ def test_summary_main_options_json_and_errors(capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["input_shape"] == [1, 3, 32, 48] and d["options"] == {"width": 8} and d["plugins"] == []
     assert main(["resnet10", "--option", "stem=vgg"]) == 2
-    assert "stem='vgg'" in capsys.readouterr().err
+    assert "resnet10: stem must be one of 'imagenet', 'deep', 'cifar', 'lr'; got 'vgg'" in capsys.readouterr().err
     assert main(["no_such_net"]) == 2
     assert "available backbones: resnet10" in capsys.readouterr().err
 

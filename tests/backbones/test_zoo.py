@@ -108,7 +108,7 @@ def test_hrnet_plugins_reach_every_branch():
 
 
 def test_hrnet_invalid_option():
-    with pytest.raises(ValueError, match="features='v3'"):
+    with pytest.raises(ValueError, match="hrnet_w18: features must be one of 'branches', 'concat'; got 'v3'"):
         build_backbone("hrnet_w18", features="v3")
     with pytest.raises(ValueError, match="no option.*stem"):
         build_backbone("hrnet_w18", stem="deep")
