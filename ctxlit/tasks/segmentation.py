@@ -34,6 +34,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from ctxlit.backbones import Placement, build_backbone, load_weights, study_plugins
+from ctxlit.data.transforms import IGNORE_INDEX  # the label of unlabelled pixels, one value for data and loss
 from ctxlit.errors import ConfigError
 from ctxlit.heads import HEADS, FCNHead
 from ctxlit.tasks.classification import BlockArg
@@ -41,7 +42,6 @@ from ctxlit.tasks.optim import (
     OptimizerName, budgeted_warmup, build_optimizer, resume_schedule, step_schedule, warmup_poly,
 )
 
-IGNORE_INDEX = 255
 
 
 class SegmentationTask(pl.LightningModule):

@@ -1,218 +1,25 @@
-"""``python -m ctxlit.sweep validate|plan|run``: W&B sweep files checked, listed and run locally.
-
-The trials come from W&B's own sweep engine (the ``sweeps`` package, what the W&B server runs)
-and their command lines from wandb's own builder (``create_sweep_command_args``, what
-``wandb agent`` runs), so a sweep run here is the sweep the agent would run:
-
-    python -m ctxlit.sweep validate sweeps/*.yaml      # schema + every trial parsed as a config
-    python -m ctxlit.sweep plan sweeps/gcnet_ablation_synthetic.yaml
-    python -m ctxlit.sweep run sweeps/gcnet_ablation_synthetic.yaml --parallel 2
-
-``run`` needs no W&B server. Each trial runs in its own process with the environment the agent
-gives it (``WANDB_SWEEP_PARAM_PATH``: its parameters go into the run config) plus
-``WANDB_RUN_GROUP`` (the sweep's name) and ``CTXLIT_RUN_DIR``, so its CSV logs, checkpoints,
-``summary.json`` and W&B files land in ``runs/sweeps/<sweep>/<trial>/``. ``trial.json`` there
-records its parameters, command, status, metric and time. Running again resumes: finished trials
-are skipped, failed or interrupted ones start afresh. ``--parallel N`` runs N trials at once,
-each pinned to its own GPUs through ``CUDA_VISIBLE_DEVICES`` (one agent per GPU set, as W&B
-recommends); on CPU the slots are processes sharing the cores. A sweep with ``early_terminate:``
-(hyperband) has its running trials judged every few seconds by W&B's own ``stop_runs`` on their
-metric histories (metrics.csv), and the ones it names are stopped: status ``stopped``, done.
-
-This module reads sweep files and run folders and starts ``python -m ctxlit.fit``; it never
-imports a task.
-"""
+"""Running a sweep's trials here: one process per trial with the agent's environment, slots
+pinned to GPUs, resume from ``trial.json``, hyperband through W&B's engine, the trials table."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
-import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from ctxlit.sweep.files import (
+    AGENT_INTERPRETER, SWEEPS_ROOT, SweepError, _engine, _next_run, agent_command, enumerate_trials, load_sweep,
+    schema_problems, sweep_name,
+)
 from ctxlit.utils.files import write_atomically
-
-SWEEPS_ROOT = Path("runs") / "sweeps"
-#: What ``${interpreter}`` and ``${env}`` become in ``wandb agent`` (wandb/wandb_agent.py).
-AGENT_INTERPRETER = "python"
-AGENT_ENV = "/usr/bin/env"
-
-
-class SweepError(Exception):
-    """A sweep file or option that cannot be used; printed as one line, exit 2."""
-
-
-# -- the sweep file ----------------------------------------------------------------------------
-
-
-def load_sweep(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file not found: {path}")
-    try:
-        sweep = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(sweep, dict):
-        raise SweepError(f"{path}: a sweep file is a mapping with method:, parameters: and command:")
-    return sweep
-
-
-def sweep_name(path: str | Path, sweep: dict) -> str:
-    return str(sweep.get("name") or Path(path).stem)
-
-
-def _engine():
-    # pydantic 2 warns about the sweeps package's v1-style config on import: not the user's concern.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import sweeps
-    return sweeps
-
-
-def _next_run(sweep: dict, history: list):
-    """The engine's next proposal; bayes' Gaussian-process fit warns about converging on few
-    results, which says nothing the user can act on."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _engine().next_run(sweep, history)
-
-
-def schema_problems(sweep: dict) -> list[str]:
-    """W&B's schema violations, in W&B's words, plus ``value:`` holding a list (which the schema
-    accepts as a constant, where ``values:`` was almost always meant)."""
-    problems = list(_engine().schema_violations_from_proposed_config(sweep))
-    for key, spec in (sweep.get("parameters") or {}).items():
-        if isinstance(spec, dict) and isinstance(spec.get("value"), list):
-            problems.append(f"parameter {key!r} has `value:` with a list {spec['value']!r}: that is one constant "
-                            f"list for every trial; write `values:` to sweep over its items")
-    command = sweep.get("command")
-    if not (isinstance(command, list) and "${args_json_file}" in command and "ctxlit.fit" in command):
-        problems.append("command: must run `-m ctxlit.fit` and pass the parameters as `${args_json_file}` "
-                        "(see sweeps/synthetic_blocks.yaml); `${args}` renders None as a string typed options reject")
-    return problems
-
-
-def enumerate_trials(sweep: dict, count: int | None = None) -> list[dict]:
-    """A grid's trials in the engine's order (all, or the first ``count``); for random/bayes the
-    first ``count`` proposals with no results yet. Each trial is ``{dotted key: value}``."""
-    sweeps = _engine()
-    if sweep.get("method") == "grid":
-        runs = sweeps.next_runs(sweep, [], n=10**6)
-        trials = [run.config for run in runs if run is not None]
-    else:
-        if not count:
-            raise SweepError(f"method {sweep.get('method')!r} has no end: give --count N (or run_cap: in the file)")
-        trials, history = [], []
-        for _ in range(count):
-            run = _next_run(sweep, history)
-            if run is None:
-                break
-            run.state = sweeps.RunState.running
-            history.append(run)
-            trials.append(run.config)
-    trials = [{k: v["value"] for k, v in config.items()} for config in trials]
-    return trials[:count] if count else trials
-
-
-def agent_command(sweep: dict, params: dict, args_json_file: str) -> list[str]:
-    """The command line ``wandb agent`` builds for these parameters (wandb_agent._command_run)."""
-    from wandb.sdk.launch.sweeps import utils as sweep_utils
-
-    macros = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
-    macros.update(interpreter=[AGENT_INTERPRETER], env=[AGENT_ENV], program=[str(sweep.get("program", ""))],
-                  args_json_file=[args_json_file])
-    line = []
-    for part in sweep_utils.create_sweep_command(list(sweep["command"])):
-        part = str(part)
-        if part.startswith("${") and part.endswith("}"):
-            line += macros.get(part[2:-1]) or []
-        else:
-            line.append(part)
-    return line
-
-
-def _fit_argv(command: list[str]) -> list[str]:
-    """What follows ``-m ctxlit.fit`` in a trial's command."""
-    return command[command.index("ctxlit.fit") + 1:]
-
-
-def trial_config(sweep: dict, params: dict) -> dict:
-    """The full config one trial runs with, parsed by ctxlit's own CLI (``--print_config``:
-    nothing is built or written). A config the CLI rejects raises SweepError with its message."""
-    from ctxlit.fit import main
-
-    with tempfile.TemporaryDirectory() as tmp:
-        args_file = Path(tmp) / "args.json"
-        args_file.write_text(json.dumps(params))
-        argv = _fit_argv(agent_command(sweep, params, str(args_file))) + ["--print_config"]
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-            # LightningCLI warns when given args while sys.argv has others (this command's own).
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            try:
-                code = main(argv)
-            except SystemExit as stop:
-                code = stop.code
-    if code not in (0, None):
-        lines = [line for line in err.getvalue().strip().splitlines() if line.strip()]
-        raise SweepError(lines[-1] if lines else f"exit code {code}")
-    return yaml.safe_load(out.getvalue())
-
-
-def parse_problem(sweep: dict, params: dict) -> str | None:
-    """Parse one trial as a ctxlit config and check that every parameter landed on exactly its
-    dotted key. ``None`` when it is fine."""
-    try:
-        printed = trial_config(sweep, params)
-    except SweepError as err:
-        return str(err)
-    for key, value in params.items():
-        node = printed
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return f"parameter {key!r} is not a config key (no {part!r} there)"
-            node = node[part]
-        if not _contains(value, node):
-            return f"parameter {key!r}: set to {value!r} but the config has {node!r}"
-    return None
-
-
-def _contains(expected, actual) -> bool:
-    """``expected`` appears in ``actual``, which may also list defaults it did not set."""
-    if isinstance(expected, dict):
-        return isinstance(actual, dict) and all(_contains(v, actual.get(k)) for k, v in expected.items())
-    return expected == actual
-
-
-def validate(path: str | Path, count: int = 3) -> tuple[list[str], int]:
-    """The file's problems, and how many trials were parsed (all of a grid, else ``count``)."""
-    sweep = load_sweep(path)
-    problems = schema_problems(sweep)
-    if problems:
-        return problems, 0
-    trials = enumerate_trials(sweep, None if sweep.get("method") == "grid" else count)
-    for i, params in enumerate(trials):
-        problem = parse_problem(sweep, params)
-        if problem:
-            problems.append(f"trial {i} {json.dumps(params)}: {problem}")
-    return problems, len(trials)
-
-
-# -- running trials ----------------------------------------------------------------------------
 
 
 #: A trial that needs no re-run: it ran to its end, or hyperband stopped it early (W&B's
@@ -542,70 +349,3 @@ def last_error_line(log: Path, limit: int = 2000) -> str | None:
             message = " ".join(lines[starts[-1]:])
         return message[:limit]
     return lines[-1][:limit] if lines else None
-
-
-# -- command line ------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ctxlit.sweep", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_validate = sub.add_parser("validate", help="check sweep files: W&B's schema, then every trial as a ctxlit config")
-    p_validate.add_argument("files", nargs="+")
-    p_validate.add_argument("--count", type=int, default=3, help="random/bayes: how many proposals to parse (3)")
-    p_plan = sub.add_parser("plan", help="the numbered trials as the command lines the agent runs")
-    p_plan.add_argument("file")
-    p_plan.add_argument("--count", type=int, help="random/bayes: how many (grids list every trial)")
-    p_run = sub.add_parser("run", help="run the trials here, no W&B server needed")
-    p_run.add_argument("file")
-    p_run.add_argument("--parallel", type=int, default=1, help="trials at once, each on its own GPUs (1)")
-    p_run.add_argument("--devices-per-trial", type=int, default=1, help="GPUs visible to each trial (1)")
-    p_run.add_argument("--count", type=int, help="at most this many trials (random/bayes: required)")
-    p_run.add_argument("--root", default=str(SWEEPS_ROOT), help=f"where sweep folders go ({SWEEPS_ROOT})")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "validate":
-            return _validate(args.files, args.count)
-        if args.command == "plan":
-            return _plan(args.file, args.count)
-        runner = Runner(args.file, args.parallel, args.devices_per_trial, args.count, Path(args.root))
-        trials = runner.run()
-    except SweepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if runner._stopping:
-        return 143
-    return 0 if all(t.status in DONE for t in trials) else 1
-
-
-def _validate(files: list[str], count: int) -> int:
-    bad = 0
-    for path in files:
-        problems, parsed = validate(path, count)
-        if problems:
-            bad += 1
-            print(f"{path}: {len(problems)} problem(s)")
-            for problem in problems:
-                print(f"  {problem}")
-        else:
-            print(f"{path}: ok ({parsed} trials parsed)")
-    return 1 if bad else 0
-
-
-def _plan(path: str, count: int | None) -> int:
-    sweep = load_sweep(path)
-    problems = schema_problems(sweep)
-    if problems:
-        raise SweepError(f"{path}: " + "; ".join(problems))
-    name = sweep_name(path, sweep)
-    trials = enumerate_trials(sweep, count)
-    for i, params in enumerate(trials):
-        args_file = f"{SWEEPS_ROOT / name / f'trial-{i:03d}' / 'sweep-args.json'}"
-        print(f"{i:3d}  {json.dumps(params)}")
-        print(f"     {' '.join(agent_command(sweep, params, args_file))}")
-    print(f"{len(trials)} trials")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from ctxlit.sweep import main
+
+sys.exit(main())
