@@ -58,6 +58,7 @@ class CtxlitCLI(LightningCLI):
         # ``fit`` is the default subcommand (ctxlit.fit inserts it), so its usage line and the
         # tip under an error read without it: jsonargparse names it "python -m ctxlit.fit
         # [options] fit", which its tip printed as "python -m ctxlit.fit fit --help".
+        # argparse keeps subparsers only in its _actions; no public accessor exists.
         for action in self.parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 for name, subparser in action.choices.items():
@@ -97,7 +98,9 @@ class CtxlitCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Lightning replaces the model options of the command line by the checkpoint's with no
         word; instead, check the file, and refuse a resume that changes the model (see
-        :func:`ctxlit.preflight.check_resume`). The allowed changes are kept as given."""
+        :func:`ctxlit.preflight.check_resume`). The allowed changes are kept as given.
+        A private method: LightningCLI calls it between parsing and instantiation, and no public
+        hook runs there with --ckpt_path still unapplied (tests/test_preflight.py covers it)."""
         self._resumed_hparams = None
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
@@ -146,6 +149,9 @@ class CtxlitCLI(LightningCLI):
                               f"needs the same data; to fine-tune on new classes use --model.init_args.backbone_weights")
 
     def _instantiate_trainer(self, config, callbacks):
+        # A private method: the public instantiate_trainer(**kwargs) cannot drop a callback or
+        # add a plugin to what the config gives; this is where both lists are known (covered by
+        # tests/test_fit_cli.py's fast_dev_run and enable_checkpointing tests).
         # --trainer.enable_checkpointing=false: leave out our checkpoint callback instead of
         # letting Lightning refuse the combination with a traceback.
         # fast_dev_run: Lightning suppresses checkpointing, but our callback would still write one

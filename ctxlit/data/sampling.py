@@ -100,6 +100,8 @@ class ResumableTrainData:
     def state_dict(self) -> dict:
         if self.trainer is None:
             return {}
+        # the loop's progress counters: the batches of this epoch trained so far (public
+        # attributes of Lightning's loops, read the same way by its own checkpointing)
         batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return {"train_epoch": self.trainer.current_epoch, "train_batches": batches}
 
