@@ -53,6 +53,9 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightn
 
 
 class CtxlitCLI(LightningCLI):
+    #: set by run_cli: printed when the config has parsed and the run starts
+    start_notice: str | None = None
+
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
         # ``fit`` is the default subcommand (ctxlit.fit inserts it), so its usage line and the
@@ -114,6 +117,8 @@ class CtxlitCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.start_notice:
+            print(self.start_notice, file=sys.stderr)
         preflight.check_ranges(config)
         if config.get("threads"):
             torch.set_num_threads(config.threads)
@@ -221,18 +226,21 @@ def place_loggers(loggers, run_dir: str | None, group: str | None, root: str | N
                 args.group = group
 
 
-def run_cli(argv: list[str], from_command_line: bool = False) -> int:
+def run_cli(argv: list[str], from_command_line: bool = False, start_notice: str | None = None) -> int:
     """Run the CLI on ``argv``; a ``CtxlitError`` raised while building the model or data
     (before training starts) becomes one line on stderr and exit code 2.
 
     ``from_command_line``: ``argv`` is the process's own command line (with defaults filled
     in); it then goes through ``sys.argv``, which Lightning's DDP launcher also re-executes.
+    ``start_notice``: a line for stderr once the command line is parsed and a run starts (not
+    on a parse error or a help page).
     """
     code = 1
     if from_command_line:
         sys.argv[1:] = argv
     try:
         preflight.check_config_files(argv)
+        CtxlitCLI.start_notice = start_notice
         CtxlitCLI(
             model_class=pl.LightningModule,
             datamodule_class=pl.LightningDataModule,
@@ -255,6 +263,7 @@ def run_cli(argv: list[str], from_command_line: bool = False) -> int:
               "(the state at the signal, saved above)", file=sys.stderr)
         code = 128 + signal.SIGTERM
     finally:
+        CtxlitCLI.start_notice = None
         finish_wandb(code)
     return code
 

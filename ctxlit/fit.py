@@ -73,12 +73,18 @@ def wandb_has_key(host: str) -> bool:
 
 
 def choose_wandb_mode() -> str:
-    """Go offline unless the user chose a mode, has a key and can reach the server. A chosen
+    """:func:`wandb_mode_and_notice`'s mode."""
+    return wandb_mode_and_notice()[0]
+
+
+def wandb_mode_and_notice() -> tuple[str, str | None]:
+    """Go offline unless the user chose a mode, has a key and can reach the server: the mode,
+    and the line that says why it went offline (printed once a run starts), or None. A chosen
     ``online`` that cannot work (no key, or no route within :data:`PROBE_SECONDS`) is a
     ``ConfigError`` instead of a traceback or a long wait later."""
     mode = os.environ.get("WANDB_MODE")
     if mode and mode != "online":
-        return mode
+        return mode, None
     url = wandb_base_url()
     host, port = server_address(url)
     if not wandb_has_key(host):
@@ -86,13 +92,12 @@ def choose_wandb_mode() -> str:
     elif not wandb_reachable((host, port)):
         reason = f"{host}:{port} not reachable within {PROBE_SECONDS:g} s"
     else:
-        return "online"
+        return "online", None
     if mode == "online":
         raise ConfigError(f"WANDB_MODE=online, but {reason}: set WANDB_API_KEY (or `wandb login`) and check "
                           f"the route, or unset WANDB_MODE to log offline and `wandb sync` later")
     os.environ["WANDB_MODE"] = "offline"
-    print(f"[ctxlit] W&B logs offline ({reason}); upload later with `wandb sync`", file=sys.stderr)
-    return "offline"
+    return "offline", f"[ctxlit] W&B logs offline ({reason}); upload later with `wandb sync`"
 
 
 def with_defaults(argv: list[str]) -> list[str]:
@@ -110,15 +115,17 @@ def with_defaults(argv: list[str]) -> list[str]:
 
 
 def starts_no_run(argv: list[str]) -> bool:
-    """``--help`` or ``--print_config``: nothing is logged, so W&B's mode does not matter."""
-    return any(a in ("-h", "--help") or a.startswith("--print_config") for a in argv)
+    """``--help``, ``--<key>.help`` or ``--print_config``: nothing is logged, so W&B's mode does not matter."""
+    return any(a in ("-h", "--help") or a.startswith("--print_config") or a.split("=")[0].endswith(".help")
+               for a in argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
+    notice = None
     try:
         if not starts_no_run(given):
-            choose_wandb_mode()
+            notice = wandb_mode_and_notice()[1]
     except CtxlitError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if given[:1] in (["-h"], ["--help"]):  # with_defaults makes it fit's help, with its defaults
         print(f"python -m ctxlit.fit runs `fit` unless another subcommand comes first: "
               f"{', '.join(SUBCOMMANDS[1:])} (each with --help). The options of fit:")
-    return run_cli(with_defaults(given), from_command_line=argv is None)
+    return run_cli(with_defaults(given), from_command_line=argv is None, start_notice=notice)
 
 
 if __name__ == "__main__":

@@ -373,16 +373,16 @@ def test_a_given_config_is_not_merged_with_the_default(flag, tmp_path, capsys, m
 
 
 def test_wandb_goes_offline_by_itself_and_says_why(offline_env, monkeypatch, capsys):
-    from ctxlit.fit import choose_wandb_mode
+    from ctxlit.fit import choose_wandb_mode, wandb_mode_and_notice
 
-    assert choose_wandb_mode() == "offline" and os.environ["WANDB_MODE"] == "offline"
-    assert "no W&B API key" in capsys.readouterr().err
+    mode, notice = wandb_mode_and_notice()
+    assert mode == "offline" and os.environ["WANDB_MODE"] == "offline" and "no W&B API key" in notice
     # A key, but the (self-hosted) server refuses connections: offline again, named.
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
-    assert choose_wandb_mode() == "offline"
-    assert "127.0.0.1:9 not reachable" in capsys.readouterr().err
+    mode, notice = wandb_mode_and_notice()
+    assert mode == "offline" and "127.0.0.1:9 not reachable" in notice
     # Behind a proxy a direct probe proves nothing: leave it to W&B.
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
@@ -400,7 +400,7 @@ def test_checkpointing_can_be_switched_off(tmp_path, monkeypatch):
     assert not (tmp_path / "ckpt").exists()
 
 
-@pytest.mark.parametrize("flag", ["--help", "--print_config"])
+@pytest.mark.parametrize("flag", ["--help", "--print_config", "--data.help=ctxlit.data.FoodDeliveryDataModule"])
 def test_help_and_print_config_say_nothing_about_wandb(flag, offline_env, tmp_path, capsys, monkeypatch):
     """No run starts, so no "[ctxlit] W&B logs offline" line; a real run still says it."""
     monkeypatch.chdir(tmp_path)
@@ -408,11 +408,18 @@ def test_help_and_print_config_say_nothing_about_wandb(flag, offline_env, tmp_pa
         main([flag])
     assert "W&B logs offline" not in capsys.readouterr().err
     assert "WANDB_MODE" not in os.environ  # no mode was chosen: nothing will log
-    from ctxlit.fit import choose_wandb_mode
 
+
+def test_the_offline_line_comes_when_a_run_starts_not_before_a_parse_error(offline_env, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["--trainer.max_epoch=1"])  # a typo: no run starts
+    err = capsys.readouterr().err
+    assert "W&B logs offline" not in err and "--trainer.max_epoch" in err
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    choose_wandb_mode()
-    assert "[ctxlit] W&B logs offline (no W&B API key" in capsys.readouterr().err
+    assert main([*TINY, "--trainer.max_steps=1", "--trainer.logger=false", "--checkpoint.dirpath=ck"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("[ctxlit] W&B logs offline (no W&B API key") == 1
 
 
 def test_lightning_cloud_logger_advert_is_filtered_but_its_other_messages_stay(capsys, caplog):

@@ -177,7 +177,7 @@ def test_a_netrc_login_counts_for_the_host_wandb_uses(offline_env, capsys, monke
     """``wandb login`` writes the key under wandb's own host, whatever it is today."""
     import os
 
-    from ctxlit.fit import choose_wandb_mode, server_address, wandb_base_url, wandb_has_key
+    from ctxlit.fit import server_address, wandb_base_url, wandb_has_key, wandb_mode_and_notice
 
     host = server_address(wandb_base_url())[0]
     assert host and not wandb_has_key(host)
@@ -194,8 +194,8 @@ def test_a_netrc_login_counts_for_the_host_wandb_uses(offline_env, capsys, monke
     # a login for it gets past "no key" to the probe.
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
     login("127.0.0.1")
-    assert choose_wandb_mode() == "offline"
-    assert "not reachable within 3 s" in capsys.readouterr().err
+    mode, notice = wandb_mode_and_notice()
+    assert mode == "offline" and "not reachable within 3 s" in notice
 
 
 def _lr_at(run_dir, step: int) -> float:
