@@ -92,6 +92,7 @@ _RESNET_OPTIONS = (
     "width_per_group",
     "mid_channels",
     "in_channels",
+    "norm_layer",
 )
 _EXTRA_OPTIONS = {"sknet": ("sk_options",), "lrnet": ("lr_options",)}
 

@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from ctxlit.errors import ConfigError
+from ctxlit.utils.checks import check_choice
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -46,11 +47,10 @@ def norm_layer_from(value: str | NormLayer | None) -> NormLayer:
     if value is None:
         return nn.BatchNorm2d
     if isinstance(value, str):
-        if value not in NORM_LAYERS:
-            raise ConfigError(f"option norm_layer={value!r} is not allowed; allowed values: {', '.join(NORM_LAYERS)}")
+        check_choice("norm_layer", value, tuple(NORM_LAYERS))
         return NORM_LAYERS[value]
     if not callable(value):
-        raise ConfigError(f"option norm_layer must be one of {', '.join(NORM_LAYERS)} or a callable, got {value!r}")
+        raise ConfigError(f"norm_layer must be one of {', '.join(map(repr, NORM_LAYERS))} or a callable; got {value!r}")
     return value
 
 

@@ -125,3 +125,29 @@ def test_invalid_option_lists_allowed_values():
         build_backbone("resnet50", stem="vgg")
     with pytest.raises(ValueError, match="output_stride must be one of 32, 16, 8"):
         build_backbone("resnet50", output_stride=4)
+
+
+def test_norm_layer_is_injectable_as_in_torchvision():
+    """frozen_batchnorm equals torchvision's ResNet built with FrozenBatchNorm2d, loads its
+    state dict strictly and gives its outputs; groupnorm puts GroupNorm(32) in every norm place,
+    also the stem's and the shortcuts'; a callable works as torchvision's norm_layer does."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    ref = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    for k, v in ref.state_dict().items():
+        if "running_var" in k or k.endswith(".weight") and v.dim() == 1:
+            v.uniform_(0.5, 2.0)
+    ours = build_backbone("resnet50", num_classes=1000, norm_layer="frozen_batchnorm")
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
+    norms = lambda model, kind: [n for n, m in model.named_modules() if isinstance(m, kind)]  # noqa: E731
+    gn = build_backbone("resnet18", norm_layer="groupnorm", stem="deep")
+    assert not norms(gn, torch.nn.BatchNorm2d) and "layer2.0.downsample.1" in norms(gn, torch.nn.GroupNorm)
+    assert gn.layer1[0].bn1.num_groups == 32 and gn.conv1[1].num_groups == 32  # deep stem: 32 channels
+    called = []
+    build_backbone("resnet10", width=8, norm_layer=lambda c: called.append(c) or torch.nn.BatchNorm2d(c))
+    assert called[:2] == [8, 8]  # bn1 of the stem, then layer1's first norm
+    with pytest.raises(ValueError, match="norm_layer must be one of 'batchnorm', 'groupnorm', 'frozen_batchnorm'; got 'layernorm'"):
+        build_backbone("resnet18", norm_layer="layernorm")
