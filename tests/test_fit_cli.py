@@ -105,6 +105,24 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path, offline_env, monke
     assert run["summary"]["trainer/global_step"] == 4 - 1
 
 
+def test_test_subcommand_gives_the_final_validation_metrics(tmp_path, capsys, monkeypatch):
+    """``python -m ctxlit.fit test --ckpt_path last.ckpt``: the synthetic data has no test split,
+    so the validation split, said on stdout; test/acc1 and test/loss equal the fit's last
+    validation (metrics.csv)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY, "--trainer.max_epochs=2", "--checkpoint.dirpath=ck"]) == 0
+    rows = list(csv.DictReader((tmp_path / "runs" / "synthetic" / "version_0" / "metrics.csv").open()))
+    last_val = [r for r in rows if r.get("val/acc1")][-1]
+    capsys.readouterr()
+    assert main(["test", *TINY, "--ckpt_path", "ck/last.ckpt"]) == 0
+    assert "[ctxlit] SyntheticContextDataModule has no test split: testing on the validation split" in capsys.readouterr().out
+    (tested,) = [r for r in csv.DictReader((tmp_path / "runs" / "synthetic" / "version_1" / "metrics.csv").open())
+                 if r.get("test/acc1")]
+    assert float(tested["test/acc1"]) == pytest.approx(float(last_val["val/acc1"]), abs=1e-6)
+    assert float(tested["test/loss"]) == pytest.approx(float(last_val["val/loss"]), rel=1e-5)
+
+
 def test_print_config_round_trips(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:

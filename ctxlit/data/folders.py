@@ -131,6 +131,7 @@ class FolderDataModule(ResumableTrainData, pl.LightningDataModule):
             raise DatasetError(f"{bad[0][1]}{more}; fix or remove it, or set data.init_args.skip_unreadable=true")
 
     def test_dataloader(self) -> DataLoader:
+        report(f"[ctxlit] {type(self).__name__} has no test split: testing on the validation split")
         return self.val_dataloader()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ctxlit.data.sampling import ResumableTrainData, evaluation_sampler
+from ctxlit.data.scan import report
 from ctxlit.errors import ConfigError
 from ctxlit.utils.checks import check_at_least
 
@@ -232,6 +233,10 @@ class SyntheticContextDataModule(ResumableTrainData, pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, sampler=evaluation_sampler(self.val_set, self.trainer))
+
+    def test_dataloader(self) -> DataLoader:
+        report(f"[ctxlit] {type(self).__name__} has no test split: testing on the validation split")
+        return self.val_dataloader()
 
     def _loader(self, dataset: Dataset, sampler) -> DataLoader:
         return DataLoader(

@@ -114,15 +114,23 @@ class ClassificationTask(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch, split: str) -> None:
+        """``<split>/loss``, ``<split>/acc1`` (and ``acc5``); validation and test never run at
+        once, so they share the metric objects."""
         images, targets = batch
         logits = self(images)
         # Metric objects (not floats) so Lightning syncs exact counts across DDP ranks.
         self.val_acc1(logits, targets)
-        self.log("val/loss", F.cross_entropy(logits, targets), sync_dist=True)
-        self.log("val/acc1", self.val_acc1, prog_bar=True)
+        self.log(f"{split}/loss", F.cross_entropy(logits, targets), sync_dist=True)
+        self.log(f"{split}/acc1", self.val_acc1, prog_bar=True)
         if self.val_acc5 is not None:
             self.val_acc5(logits, targets)
-            self.log("val/acc5", self.val_acc5)
+            self.log(f"{split}/acc5", self.val_acc5)
 
     # -- optimisation --------------------------------------------------------------------------
 

@@ -185,22 +185,35 @@ class SegmentationTask(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_ious("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_ious("test")
+
+    def _evaluate(self, batch, split: str) -> None:
+        """Validation and test never run at once, so they share the metric objects."""
         images, targets = batch[0], batch[1]
         logits = self.predict_logits(images)
         preds = logits.argmax(1)
         self.val_iou.update(preds, targets)
         self.val_pixel_acc(preds, targets)
         if (targets != IGNORE_INDEX).any():  # an all-ignore batch has no loss (NaN)
-            self.log("val/loss", F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX), sync_dist=True)
-        self.log("val/pixel_acc", self.val_pixel_acc)
+            self.log(f"{split}/loss", F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX), sync_dist=True)
+        self.log(f"{split}/pixel_acc", self.val_pixel_acc)
 
-    def on_validation_epoch_end(self) -> None:
+    def _log_ious(self, split: str) -> None:
         ious = self.val_iou.compute()  # synced over DDP ranks: the same on every rank
         self.val_iou.reset()
         names = self.class_names or [str(i) for i in range(len(ious))]
         # sync_dist averages equal values (every rank needs them for ModelCheckpoint).
-        self.log("val/miou", mean_iou(ious), prog_bar=True, sync_dist=True)
-        self.log_dict({f"val/iou/{name}": iou for name, iou in zip(names, ious)}, sync_dist=True)
+        self.log(f"{split}/miou", mean_iou(ious), prog_bar=True, sync_dist=True)
+        self.log_dict({f"{split}/iou/{name}": iou for name, iou in zip(names, ious)}, sync_dist=True)
 
     # -- optimisation --------------------------------------------------------------------------
 

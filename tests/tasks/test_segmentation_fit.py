@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -19,14 +20,15 @@ EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments" / "cityscapes"
 def test_fcn_resnet50_config_trains_a_gc_head_and_keeps_the_best_miou(tmp_path, monkeypatch, capsys, cityscapes_tree):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(tmp_path)
-    code = main([
+    args = [
         "--config", str(EXPERIMENTS / "fcn_resnet50.yaml"), f"--data.init_args.root={cityscapes_tree}",
         "--data.init_args.crop_height=32", "--data.init_args.crop_width=32", "--data.init_args.num_workers=0",
         "--model.init_args.backbone=resnet10", "--model.init_args.backbone_options.width=8",
         "--model.init_args.head_channels=16", "--model.init_args.head_block=gc",
         "--trainer.max_steps=2", "--trainer.check_val_every_n_epoch=1", "--trainer.precision=32",
         "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--checkpoint.dirpath=ckpt",
-    ])
+    ]
+    code = main(args)
     out = capsys.readouterr().out
     assert code == 0
     assert "validation mIoU" in out and "best checkpoint" in out
@@ -40,6 +42,14 @@ def test_fcn_resnet50_config_trains_a_gc_head_and_keeps_the_best_miou(tmp_path, 
     assert hp["num_classes"] == 19 and hp["head_block"] == "gc" and hp["backbone_options"]["output_stride"] == 8
     assert any(k.startswith("head.block.") for k in ckpt["state_dict"])  # the GC block is in the head
     assert any(k.startswith("aux_head.") for k in ckpt["state_dict"])
+    # `test` on the last checkpoint: the data module has no test split, so its validation split,
+    # said on stdout; test/miou equals the last validation's val/miou (the checkpoint's, at step 2)
+    val_miou = float(re.search(r"validation mIoU\s+([0-9.]+)", out).group(1))
+    assert main(["test", *args, "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")]) == 0
+    out = capsys.readouterr().out
+    assert "[ctxlit] CityscapesDataModule has no test split: testing on the validation split" in out
+    test_miou = float(re.search(r"test/miou\s+([0-9.]+)", out).group(1))
+    assert test_miou == pytest.approx(val_miou, abs=1e-4) and re.search(r"test/iou/road\s+[0-9.]+", out)
 
 
 def test_hrnet_config_builds_hrnetv2_with_a_1x1_head():
