@@ -25,6 +25,7 @@ import os
 import pydoc
 import signal
 import sys
+import warnings
 
 import pytorch_lightning as pl
 import torch
@@ -50,6 +51,9 @@ class _DropLightningAdverts(logging.Filter):
 
 
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightningAdverts())
+# torch deprecates the LeafSpec that Lightning's own pytree helper builds at every dataloader
+# fetch: Lightning's to fix, printed at every run, and nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class CtxlitCLI(LightningCLI):
