@@ -107,7 +107,7 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path, offline_env, monke
     assert run["summary"]["trainer/global_step"] == 4 - 1
 
 
-def test_test_subcommand_gives_the_final_validation_metrics(tmp_path, capsys, monkeypatch):
+def test_test_and_predict_subcommands_give_the_final_validation_metrics(tmp_path, capsys, monkeypatch):
     """``python -m ctxlit.fit test --ckpt_path last.ckpt``: the synthetic data has no test split,
     so the validation split, said on stdout; test/acc1 and test/loss equal the fit's last
     validation (metrics.csv)."""
@@ -123,6 +123,12 @@ def test_test_subcommand_gives_the_final_validation_metrics(tmp_path, capsys, mo
                  if r.get("test/acc1")]
     assert float(tested["test/acc1"]) == pytest.approx(float(last_val["val/acc1"]), abs=1e-6)
     assert float(tested["test/loss"]) == pytest.approx(float(last_val["val/loss"]), rel=1e-5)
+    # predict: a row per validation sample; the share whose top-1 is its label is the accuracy
+    assert main(["predict", *TINY, "--ckpt_path", "ck/last.ckpt", "--predictions.top_k=2"]) == 0
+    (predictions,) = (tmp_path / "runs" / "synthetic" / "version_2").glob("predictions.csv")
+    rows = list(csv.DictReader(predictions.open()))
+    assert [r["image"] for r in rows] == [f"val/{i}" for i in range(24)] and list(rows[0])[2:] == ["top1", "p1", "top2", "p2"]
+    assert sum(r["top1"] == r["label"] for r in rows) / 24 == pytest.approx(float(last_val["val/acc1"]), abs=1e-6)
 
 
 def test_print_config_round_trips(tmp_path, capsys, monkeypatch):

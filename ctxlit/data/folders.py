@@ -134,6 +134,13 @@ class FolderDataModule(ResumableTrainData, pl.LightningDataModule):
         report(f"[ctxlit] {type(self).__name__} has no test split: testing on the validation split")
         return self.val_dataloader()
 
+    def predict_dataloader(self) -> DataLoader:
+        """The validation split, in order (``predict_names()`` names its samples)."""
+        return self.val_dataloader()
+
+    def predict_names(self) -> list:
+        return self.validation_files()
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``N x 3 x H x W`` (any device) -> float32 normalised with ``mean``/``std``."""
         if images.is_floating_point():

@@ -238,6 +238,13 @@ class SyntheticContextDataModule(ResumableTrainData, pl.LightningDataModule):
         report(f"[ctxlit] {type(self).__name__} has no test split: testing on the validation split")
         return self.val_dataloader()
 
+    def predict_dataloader(self) -> DataLoader:
+        """The validation split, in order (``predict_names()`` names its samples)."""
+        return self.val_dataloader()
+
+    def predict_names(self) -> list[str]:
+        return [f"val/{i}" for i in range(len(self.val_set))]
+
     def _loader(self, dataset: Dataset, sampler) -> DataLoader:
         return DataLoader(
             dataset,

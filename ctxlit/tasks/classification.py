@@ -119,6 +119,10 @@ class ClassificationTask(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Class probabilities (N, K): ``ctxlit.tasks.predictions.PredictionsCSV`` writes them."""
+        return self(batch[0]).softmax(dim=1)
+
     def _evaluate(self, batch, split: str) -> None:
         """``<split>/loss``, ``<split>/acc1`` (and ``acc5``); validation and test never run at
         once, so they share the metric objects."""

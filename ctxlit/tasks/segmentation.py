@@ -190,6 +190,10 @@ class SegmentationTask(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    def predict_step(self, batch, batch_idx: int):
+        raise ConfigError("predict writes classification rows only so far; for segmentation label maps use "
+                          "`test` for the metrics, or the model's forward on your images")
+
     def on_validation_epoch_end(self) -> None:
         self._log_ious("val")
 

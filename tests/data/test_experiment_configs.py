@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import importlib
 from pathlib import Path
 
 import pytest
 import yaml
 from jsonargparse import ArgumentParser
+
+import ctxlit.data
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -53,7 +56,7 @@ def test_experiment_trains_through_the_cli(config, fixture, request, tmp_path, m
 
     root = request.getfixturevalue(fixture)
     monkeypatch.chdir(tmp_path)
-    code = main([
+    args = [
         "--config", str(EXPERIMENTS / config),
         f"--data.init_args.root={root}",
         "--data.init_args.image_size=32", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
@@ -61,8 +64,8 @@ def test_experiment_trains_through_the_cli(config, fixture, request, tmp_path, m
         "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true",
         "--trainer.max_steps=2", "--trainer.limit_val_batches=2", "--trainer.logger=false",
         "--trainer.enable_progress_bar=false", "--checkpoint.dirpath=ckpt",
-    ])
-    assert code == 0
+    ]
+    assert main(args) == 0
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
     state = __import__("torch").load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 2
@@ -70,6 +73,18 @@ def test_experiment_trains_through_the_cli(config, fixture, request, tmp_path, m
     classes = request.getfixturevalue(fixture)
     assert state["hyper_parameters"]["num_classes"] == len(
         [p for p in (classes / "train" if (classes / "train").is_dir() else classes).iterdir() if p.is_dir()])
+    # predict: one row per validation image, its real path and label, the top-3 classes by probability
+    assert main(["predict", *args, "--ckpt_path", "ckpt/last.ckpt", "--predictions.top_k=3",
+                 "--predictions.path=pred.csv"]) == 0
+    rows = list(csv.DictReader((tmp_path / "pred.csv").open()))
+    data_class = yaml.safe_load((EXPERIMENTS / config).read_text())["data"]["class_path"].rsplit(".", 1)[1]
+    dm = getattr(ctxlit.data, data_class)(str(root), num_workers=0)
+    assert [r["image"] for r in rows] == [str(p) for p in dm.validation_files()]
+    assert all(Path(r["image"]).is_file() and r["label"] == Path(r["image"]).parent.name for r in rows)
+    for r in rows:
+        probs = [float(r[f"p{j}"]) for j in (1, 2, 3)]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-5
+        assert len({r["top1"], r["top2"], r["top3"]}) == 3 and r["top1"] in dm.class_names
 
 
 @pytest.mark.parametrize(
