@@ -124,7 +124,7 @@ def test_short_trial_spends_most_steps_after_warmup(tmp_path):
 def test_no_weight_decay_on_biases_and_norms():
     extra = [{"block": "nl", "options": {"mode": "concatenation"}, "stages": [4], "position": "after_add"}]
     task = ClassificationTask(num_classes=4, block="gc", extra_plugins=extra, **SMALL)
-    decay, no_decay = parameter_groups(task, 0.05)
+    decay, no_decay = parameter_groups(task, 0.05, lr=0.1)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in task.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}

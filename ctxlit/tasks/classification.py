@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ctxlit.backbones import Placement, build_backbone, study_plugins
+from ctxlit.backbones import Placement, build_backbone, load_weights, study_plugins
+from ctxlit.errors import ConfigError
 from ctxlit.blocks import BLOCKS
 from ctxlit.tasks.optim import (
     OptimizerName, budgeted_warmup, build_optimizer, resume_schedule, step_schedule, warmup_cosine,
@@ -37,6 +38,31 @@ from ctxlit.tasks.optim import (
 #: given as ``class_path`` + ``init_args`` (the CLI turns it into ``channels -> module``).
 BlockName = Literal.__getitem__(("none", *BLOCKS))
 BlockArg = Union[BlockName, Callable[[int], nn.Module], None]
+
+
+def load_pretrained(network: nn.Module, path: str, freeze: bool) -> frozenset[int]:
+    """Load ``path`` (torchvision, timm or ctxlit weights) into ``network`` and report what was
+    new (plugins, a classifier of another size) and what was ignored; returns the ids of the
+    loaded parameters. Only the classifier may differ in shape (another ``num_classes``: it
+    keeps its initialisation); with ``freeze`` the loaded parameters stop training."""
+    report = load_weights(network, path, strict_shapes=False)
+    print(f"[ctxlit] backbone weights: {report}")
+    classifier = {n for n, m in network.named_modules() if m is _classifier(network)}
+    other = [k for k, *_ in report.shape_mismatch if k.rsplit(".", 1)[0] not in classifier]
+    if other:
+        raise ConfigError(f"weights in {path} do not fit this network beyond its classifier: {', '.join(other[:5])}")
+    if report.shape_mismatch:
+        print("[ctxlit] classifier: the checkpoint's has another number of classes; it starts from its initialisation")
+    loaded = set(report.loaded)
+    params = [p for n, p in network.named_parameters() if n in loaded]
+    for p in params if freeze else ():
+        p.requires_grad_(False)
+    return frozenset(id(p) for p in params)
+
+
+def _classifier(network: nn.Module) -> nn.Module | None:
+    """The final linear layer (ResNet ``fc``, HRNet ``classifier``)."""
+    return getattr(network, "fc", None) or getattr(network, "classifier", None)
 
 
 class ClassificationTask(pl.LightningModule):
@@ -56,6 +82,11 @@ class ClassificationTask(pl.LightningModule):
             the run's steps (``optim.MAX_WARMUP_FRACTION``).
         min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
         use_class_weights: weight the loss by the data module's ``class_weights`` if it has them.
+        backbone_weights: a local checkpoint (torchvision ``.pth``, timm, ctxlit ``.ckpt``) loaded
+            into the network with :func:`ctxlit.backbones.load_weights`; what is new (plugins,
+            a classifier for another ``num_classes``) and what is ignored is printed.
+        freeze_backbone: keep the loaded parameters fixed (train only the new ones).
+        pretrained_lr_ratio: the loaded parameters train at ``lr * pretrained_lr_ratio``.
     """
 
     def __init__(
@@ -74,6 +105,9 @@ class ClassificationTask(pl.LightningModule):
         warmup_epochs: float = 1.0,
         min_lr_ratio: float = 0.0,
         use_class_weights: bool = True,
+        backbone_weights: str | None = None,
+        freeze_backbone: bool = False,
+        pretrained_lr_ratio: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -83,6 +117,13 @@ class ClassificationTask(pl.LightningModule):
             plugins=study_plugins(block, placement, extra_plugins),
             **(backbone_options or {}),
         )
+        self.pretrained: frozenset[int] = frozenset()  # ids of the parameters loaded from backbone_weights
+        if backbone_weights:
+            self.pretrained = load_pretrained(self.network, backbone_weights, freeze_backbone)
+        elif freeze_backbone:
+            raise ConfigError("freeze_backbone=true needs backbone_weights (a checkpoint to keep fixed)")
+        if not pretrained_lr_ratio > 0:
+            raise ConfigError(f"pretrained_lr_ratio must be > 0; got {pretrained_lr_ratio!r}")
         self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         # top-5 of 5 classes or fewer is always 1: not measured there.
@@ -143,7 +184,8 @@ class ClassificationTask(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = build_optimizer(self, hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
+        opt = build_optimizer(self, hp.optimizer, hp.lr, hp.momentum, hp.weight_decay,
+                              self.pretrained, hp.pretrained_lr_ratio)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         # estimated_stepping_batches has loaded the train dataloader, so its length is known.
         per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches

@@ -16,26 +16,32 @@ OptimizerName = Literal["sgd", "adamw"]
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weights; none on biases and normalisation parameters.
+def parameter_groups(model: nn.Module, weight_decay: float, lr: float,
+                     pretrained: frozenset[int] = frozenset(), pretrained_lr_ratio: float = 1.0) -> list[dict]:
+    """Weight decay on weights; none on biases and normalisation parameters; the parameters
+    whose ``id`` is in ``pretrained`` at ``lr * pretrained_lr_ratio``. Frozen parameters
+    (``requires_grad=False``) are left out. Empty groups are dropped.
 
     Decided by module type and name, not by ``ndim``: GC's ``LayerNorm([C, 1, 1])`` has 3-D
     parameters, and some 1-D parameters are real weights (Non-local's concat projection).
     """
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, bool], list] = {(d, p): [] for d in (True, False) for p in (False, True)}
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if param.requires_grad:
-                exempt = isinstance(module, NORM_LAYERS) or name == "bias"
-                (no_decay if exempt else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+                decays = not (isinstance(module, NORM_LAYERS) or name == "bias")
+                groups[decays, id(param) in pretrained].append(param)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0,
+             "lr": lr * (pretrained_lr_ratio if is_pretrained else 1.0)}
+            for (decays, is_pretrained), params in groups.items() if params]
 
 
 def build_optimizer(
-    model: nn.Module, name: OptimizerName, lr: float, momentum: float, weight_decay: float
+    model: nn.Module, name: OptimizerName, lr: float, momentum: float, weight_decay: float,
+    pretrained: frozenset[int] = frozenset(), pretrained_lr_ratio: float = 1.0,
 ) -> torch.optim.Optimizer:
     """SGD with momentum or AdamW over :func:`parameter_groups`."""
-    groups = parameter_groups(model, weight_decay)
+    groups = parameter_groups(model, weight_decay, lr, pretrained, pretrained_lr_ratio)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     return torch.optim.AdamW(groups, lr=lr)
