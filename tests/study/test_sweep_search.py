@@ -3,7 +3,6 @@ engine, given what the trials so far logged, as the W&B server would compute the
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
