@@ -110,3 +110,14 @@ def test_help_shows_every_option_once_with_its_type_and_default(name, own, inher
         assert text.count(f"--data.{option} ") >= 1, option
         entry = text.split(f"--data.{option} ", 2)[-1]  # the help entry, after the usage line
         assert f"default: {default})" in entry.split("--data.")[0], (option, entry[:200])
+
+
+@pytest.mark.parametrize("name", ["FoodDeliveryDataModule", "ImageNetDataModule", "CityscapesDataModule"])
+def test_print_config_shows_every_option_of_the_class_chain(name, capsys):
+    from ctxlit.fit import main
+
+    with pytest.raises(SystemExit):
+        main([f"--data=ctxlit.data.{name}", "--data.init_args.root=/nowhere", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
+    assert set(printed) == cli_options(getattr(ctxlit.data, name))
+    assert {"num_workers", "skip_unreadable", "root", "batch_size"} <= set(printed)
