@@ -203,6 +203,7 @@ class RunSummary(pl.Callback):
         }
 
     def summary_text(self, trainer: pl.Trainer) -> str:
+        """The printed summary (see :meth:`summary` for the file)."""
         metrics = scalar_metrics(trainer)
         lines = ["", "=" * 72, "ctxlit run summary", "-" * 72]
         ckpt = trainer.checkpoint_callback
@@ -213,6 +214,7 @@ class RunSummary(pl.Callback):
         if "val/miou" in metrics:
             lines.append(f"validation mIoU       {metrics['val/miou']:.4f} (last epoch{best})"
                          + (f", pixel accuracy {metrics['val/pixel_acc']:.4f}" if "val/pixel_acc" in metrics else ""))
+            lines += per_class_iou_lines(metrics)
         if self.complexity is not None:
             c = self.complexity
             lines.append(f"parameters            {c.params:,} ({c.params / 1e6:.3f}M)")
@@ -262,3 +264,19 @@ def wandb_run_info(trainer: pl.Trainer) -> dict | None:
             return {"id": run.id, "dir": str(Path(run.dir).parent), "group": run.group or None,
                     "mode": getattr(getattr(run, "settings", None), "mode", "")}
     return None
+
+
+def per_class_iou_lines(metrics: dict, width: int = 72) -> list[str]:
+    """The last validation's ``val/iou/<class>`` values, in class order, wrapped to ``width``;
+    a class with no IoU (absent from ground truth and prediction) shows as ``-``."""
+    cells = [f"{key[len('val/iou/'):]} {value:.3f}" if value == value else f"{key[len('val/iou/'):]} -"
+             for key, value in metrics.items() if key.startswith("val/iou/")]
+    lines, current = [], "IoU per class        "
+    for cell in cells:
+        if len(current) + len(cell) + 2 > width and current.strip() != "IoU per class":
+            lines.append(current.rstrip(", "))
+            current = " " * 21
+        current += cell + ", "
+    if cells:
+        lines.append(current.rstrip(", "))
+    return lines

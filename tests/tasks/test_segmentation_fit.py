@@ -32,6 +32,12 @@ def test_fcn_resnet50_config_trains_a_gc_head_and_keeps_the_best_miou(tmp_path, 
     out = capsys.readouterr().out
     assert code == 0
     assert "validation mIoU" in out and "best checkpoint" in out
+    # per-class IoU in the summary: the 19 train classes in train-id order, wrapped
+    iou_lines = out[out.index("IoU per class"):].split("\nparameters")[0]
+    cells = re.split(r",\s*|\n\s*", iou_lines[len("IoU per class"):].strip())
+    names = [cell.rsplit(" ", 1)[0] for cell in cells]
+    assert len(names) == 19 and names[0] == "road" and names[-1] == "bicycle" and "traffic light" in names
+    assert all(len(line) <= 72 for line in iou_lines.splitlines())
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert "last.ckpt" in files and any(f.startswith("best-") for f in files), files
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
