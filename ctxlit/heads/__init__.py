@@ -5,8 +5,9 @@ to their classes.
 """
 
 from ctxlit.heads.fcn import FCNHead, make_block
+from ctxlit.heads.spnet import SPNetHead
 
 #: head name -> class ``(in_channels, num_classes, channels=..., block=..., ...)``
-HEADS = {"fcn": FCNHead}
+HEADS = {"fcn": FCNHead, "spnet": SPNetHead}
 
-__all__ = ["HEADS", "FCNHead", "make_block"]
+__all__ = ["HEADS", "FCNHead", "SPNetHead", "make_block"]
