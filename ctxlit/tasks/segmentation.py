@@ -12,6 +12,13 @@ context block inside the head (see :class:`ctxlit.heads.FCNHead`)::
 :class:`ctxlit.tasks.ClassificationTask`. HRNet backbones read the HRNetV2 representation
 (all branches upsampled to stride 4 and concatenated, ``features="concat"``).
 
+Evaluation (validation, test and predict alike, :meth:`SegmentationTask.predict_logits`): the
+whole image or ``window``-sized crops (``sliding_window``), optionally averaged with the mirrored
+image (``flip``), at each of ``scales`` (``[1.0]``: the input size only; the papers' multi-scale
+test is ``[0.5, 0.75, 1.0, 1.25, 1.5, 1.75]``): each scale resizes the image (bilinear), runs
+that inference, resizes the logits back to the input size and turns them into probabilities;
+the probabilities are averaged over the scales.
+
 Metrics (validation): a running confusion matrix (torchmetrics ``MulticlassJaccardIndex``,
 255 ignored) gives per-class IoU ``val/iou/<class name>``; a class with no pixel in the
 ground truth *and* none predicted has no IoU (NaN) and is left out of ``val/miou``, the mean
@@ -43,7 +50,6 @@ from ctxlit.tasks.optim import (
 )
 
 
-
 class SegmentationTask(pl.LightningModule):
     """Per-pixel cross-entropy (255 ignored, optional OHEM), poly LR, mIoU; see the module docstring.
 
@@ -52,7 +58,8 @@ class SegmentationTask(pl.LightningModule):
         backbone: a name from ``ctxlit.backbones.list_backbones()``.
         backbone_options: options of that backbone, e.g. ``{"output_stride": 8}``; HRNet gets
             ``features="concat"`` unless given.
-        head: the head family (``ctxlit.heads.HEADS``).
+        head: the head family (``ctxlit.heads.HEADS``): ``fcn`` (FCN, optionally with
+            ``head_block``) or ``spnet`` (SPNet's head: 1x1 reduction, two Mixed Pooling Modules).
         head_block: context block inside the head (``"none"``: plain FCN head).
         head_channels: width of the head's convolutions.
         head_kernel_size: kernel of the head's convolutions (1 gives HRNetV2's 1x1 head).
@@ -70,6 +77,8 @@ class SegmentationTask(pl.LightningModule):
         sliding_window: evaluate on ``window``-sized crops every ``stride`` pixels, averaging
             the logits where they overlap, instead of on the whole image.
         flip: also evaluate the mirrored image and average the logits.
+        scales: evaluate at each of these sizes (relative to the input) and average the
+            probabilities; ``[1.0]`` is single-scale (the logits as they are).
     """
 
     def __init__(
@@ -77,7 +86,7 @@ class SegmentationTask(pl.LightningModule):
         num_classes: int,
         backbone: str = "resnet50",
         backbone_options: dict[str, Any] | None = None,
-        head: Literal["fcn"] = "fcn",
+        head: Literal["fcn", "spnet"] = "fcn",
         head_block: BlockArg = "none",
         head_channels: int = 512,
         head_kernel_size: int = 3,
@@ -99,6 +108,7 @@ class SegmentationTask(pl.LightningModule):
         window: tuple[int, int] = (512, 1024),
         stride: tuple[int, int] = (341, 682),
         flip: bool = False,
+        scales: list[float] = [1.0],  # noqa: B006  (jsonargparse shows the default; never mutated)
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -125,6 +135,7 @@ class SegmentationTask(pl.LightningModule):
             raise ConfigError(f"ohem_thresh must be in (0, 1], got {ohem_thresh}")
         if sliding_window and (min(window) < 1 or min(stride) < 1):
             raise ConfigError(f"sliding window needs positive window and stride, got {window} and {stride}")
+        check_scales(scales)
         self.val_iou = MulticlassJaccardIndex(num_classes, average=None, ignore_index=IGNORE_INDEX,
                                               zero_division=float("nan"))
         self.val_pixel_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
@@ -147,7 +158,25 @@ class SegmentationTask(pl.LightningModule):
         return self.forward_heads(images, aux=False)[0]
 
     def predict_logits(self, images: Tensor) -> Tensor:
-        """Evaluation logits: whole image or sliding window, optionally averaged with the flip."""
+        """Evaluation logits ``(N, num_classes, H, W)`` at the input size (see the module
+        docstring). Single-scale: the logits themselves. Several scales: the log of the
+        probabilities averaged over the scales, so argmax, softmax and cross-entropy read them
+        as logits."""
+        scales = self.hparams.get("scales") or [1.0]  # checkpoints from before the option: [1.0]
+        if list(scales) == [1.0]:
+            return self.single_scale_logits(images)
+        size = images.shape[-2:]
+        # Probabilities, not logits, are averaged over scales, as MMSegmentation's aug_test (its
+        # inference() returns softmax) and SPNet's tool/test.py do: each scale's logits have their
+        # own magnitude (a scale that sees objects at their training size is more confident), and
+        # a mean of logits lets the largest win regardless; probabilities are all in [0, 1].
+        # Shapes: (N, 3, s*H, s*W) -> logits (N, K, s*H, s*W) -> resized (N, K, H, W) -> softmax.
+        probs = sum(F.interpolate(self.single_scale_logits(rescale(images, scale)), size=size, mode="bilinear",
+                                  align_corners=False).softmax(1) for scale in scales)
+        return (probs / len(scales)).log()
+
+    def single_scale_logits(self, images: Tensor) -> Tensor:
+        """Whole image or sliding window at the size given, optionally averaged with the flip."""
         hp = self.hparams
         if hp.sliding_window:
             infer = lambda x: sliding_window_logits(self, x, hp.num_classes, hp.window, hp.stride)  # noqa: E731
@@ -190,9 +219,10 @@ class SegmentationTask(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def predict_step(self, batch, batch_idx: int):
-        raise ConfigError("predict writes classification rows only so far; for segmentation label maps use "
-                          "`test` for the metrics, or the model's forward on your images")
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        """Train-id label maps ``(N, H, W)`` uint8, by the validation's inference (scales, flip,
+        sliding window); :class:`ctxlit.tasks.predictions.PredictionsCSV` writes them as PNGs."""
+        return self.predict_logits(batch[0]).argmax(1).to(torch.uint8)
 
     def on_validation_epoch_end(self) -> None:
         self._log_ious("val")
@@ -230,6 +260,24 @@ class SegmentationTask(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = budgeted_warmup(hp.warmup_steps, total)
         return step_schedule(opt, warmup_poly(warmup, total, hp.poly_power))
+
+
+def check_scales(scales: Sequence[float]) -> None:
+    """A non-empty list of finite numbers > 0, or one ConfigError naming the option."""
+    ok = isinstance(scales, Sequence) and len(scales) > 0 and all(
+        isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in scales)
+    if not ok:
+        raise ConfigError(f"--model.init_args.scales: must be a non-empty list of numbers > 0 (e.g. [1.0], or "
+                          f"[0.5,0.75,1.0,1.25,1.5,1.75] for the papers' multi-scale test); got {scales!r}")
+
+
+def rescale(images: Tensor, scale: float) -> Tensor:
+    """``images`` resized by ``scale`` (bilinear; each side rounded, at least 1 pixel)."""
+    if scale == 1.0:
+        return images
+    height, width = images.shape[-2:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
 
 def mean_iou(ious: Tensor) -> Tensor:
