@@ -7,13 +7,14 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str | bytes) -> None:
     """All of the file or none of it: written to a temp file beside its place (the same
-    filesystem), then renamed over it, so a reader or a kill never sees half of it."""
+    filesystem), then renamed over it, so a reader or a kill never sees half of it. ``text``
+    is written as text, or byte for byte when it is ``bytes`` (an encoded image)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         umask = os.umask(0)
         os.umask(umask)

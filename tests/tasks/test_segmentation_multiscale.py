@@ -27,11 +27,11 @@ def tiny_task(**options) -> SegmentationTask:
 @pytest.mark.parametrize("options", [
     {"flip": True},
     {"flip": True, "scales": [0.75, 1.0, 1.5]},
-    {"flip": True, "scales": [0.5, 1.25], "sliding_window": True, "window": (24, 32), "stride": (16, 16)},
+    {"flip": True, "scales": [0.5, 1.25], "sliding_window": True, "window": (32, 40), "stride": (24, 24)},
 ], ids=["single-scale", "multi-scale", "multi-scale-sliding"])
 def test_flip_makes_the_prediction_of_the_mirrored_image_the_mirrored_prediction(options):
     task = tiny_task(**options)
-    images = torch.randn(2, 3, 40, 56)
+    images = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
         mirrored = task.predict_logits(images.flip(-1))
         torch.testing.assert_close(mirrored, task.predict_logits(images).flip(-1), rtol=1e-5, atol=1e-5)
