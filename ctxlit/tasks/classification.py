@@ -33,6 +33,7 @@ from ctxlit.blocks import BLOCKS
 from ctxlit.tasks.optim import (
     OptimizerName, budgeted_warmup, build_optimizer, resume_schedule, step_schedule, warmup_cosine,
 )
+from ctxlit.tasks.speed import apply_speed_switches
 
 #: A block registry name (built with its defaults), "none" for the baseline, or a block class
 #: given as ``class_path`` + ``init_args`` (the CLI turns it into ``channels -> module``).
@@ -87,6 +88,9 @@ class ClassificationTask(pl.LightningModule):
             a classifier for another ``num_classes``) and what is ignored is printed.
         freeze_backbone: keep the loaded parameters fixed (train only the new ones).
         pretrained_lr_ratio: the loaded parameters train at ``lr * pretrained_lr_ratio``.
+        compile: ``torch.compile`` the network in place (state-dict names unchanged; see
+            :mod:`ctxlit.tasks.speed`).
+        channels_last: parameters and input images in channels_last memory format.
     """
 
     def __init__(
@@ -108,6 +112,8 @@ class ClassificationTask(pl.LightningModule):
         backbone_weights: str | None = None,
         freeze_backbone: bool = False,
         pretrained_lr_ratio: float = 1.0,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -129,6 +135,7 @@ class ClassificationTask(pl.LightningModule):
         # top-5 of 5 classes or fewer is always 1: not measured there.
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes > 5 else None
         self.class_weights: torch.Tensor | None = None
+        apply_speed_switches(self, self.network, compile=compile, channels_last=channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(images)

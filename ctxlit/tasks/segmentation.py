@@ -48,6 +48,7 @@ from ctxlit.tasks.classification import BlockArg
 from ctxlit.tasks.optim import (
     OptimizerName, budgeted_warmup, build_optimizer, resume_schedule, step_schedule, warmup_poly,
 )
+from ctxlit.tasks.speed import apply_speed_switches
 
 
 class SegmentationTask(pl.LightningModule):
@@ -79,6 +80,8 @@ class SegmentationTask(pl.LightningModule):
         flip: also evaluate the mirrored image and average the logits.
         scales: evaluate at each of these sizes (relative to the input) and average the
             probabilities; ``[1.0]`` is single-scale (the logits as they are).
+        compile: ``torch.compile`` the backbone in place (state-dict names unchanged).
+        channels_last: parameters and input images in channels_last (see :mod:`ctxlit.tasks.speed`).
     """
 
     def __init__(
@@ -109,6 +112,8 @@ class SegmentationTask(pl.LightningModule):
         stride: tuple[int, int] = (341, 682),
         flip: bool = False,
         scales: list[float] = [1.0],  # noqa: B006  (jsonargparse shows the default; never mutated)
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -140,6 +145,7 @@ class SegmentationTask(pl.LightningModule):
                                               zero_division=float("nan"))
         self.val_pixel_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
         self.class_names: list[str] | None = None
+        apply_speed_switches(self, self.backbone, compile=compile, channels_last=channels_last)
 
     # -- network ----------------------------------------------------------------------------
 
@@ -222,7 +228,7 @@ class SegmentationTask(pl.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         """Train-id label maps ``(N, H, W)`` uint8, by the validation's inference (scales, flip,
         sliding window); :class:`ctxlit.tasks.predictions.PredictionsCSV` writes them as PNGs."""
-        return self.predict_logits(batch[0]).argmax(1).to(torch.uint8)
+        return self.single_scale_logits(batch[0]).argmax(1).to(torch.uint8)
 
     def on_validation_epoch_end(self) -> None:
         self._log_ious("val")
