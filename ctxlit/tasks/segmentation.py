@@ -228,7 +228,7 @@ class SegmentationTask(pl.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         """Train-id label maps ``(N, H, W)`` uint8, by the validation's inference (scales, flip,
         sliding window); :class:`ctxlit.tasks.predictions.PredictionsCSV` writes them as PNGs."""
-        return self.single_scale_logits(batch[0]).argmax(1).to(torch.uint8)
+        return self.predict_logits(batch[0]).argmax(1).to(torch.uint8)
 
     def on_validation_epoch_end(self) -> None:
         self._log_ious("val")

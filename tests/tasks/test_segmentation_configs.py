@@ -34,7 +34,8 @@ def build(init_args: dict, narrow: bool = True) -> SegmentationTask:
     args = dict(init_args)
     block = args.get("head_block")
     if isinstance(block, dict):
-        cls = {"GlobalContext": GlobalContext, "NonLocal": NonLocal, "GloRe": GloRe}[block["class_path"].rsplit(".", 1)[1]]
+        classes = {"GlobalContext": GlobalContext, "NonLocal": NonLocal, "GloRe": GloRe}
+        cls = classes[block["class_path"].rsplit(".", 1)[1]]
         args["head_block"] = lambda channels: cls(channels, **block.get("init_args", {}))
     if isinstance(args.get("placement"), dict):
         args["placement"] = Placement(**args["placement"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ctxlit.errors import ConfigError
@@ -37,7 +38,8 @@ def test_flip_makes_the_prediction_of_the_mirrored_image_the_mirrored_prediction
         torch.testing.assert_close(mirrored, task.predict_logits(images).flip(-1), rtol=1e-5, atol=1e-5)
         # the check can fail: without flip the (asymmetric) network is not equivariant
         plain = tiny_task(**{**options, "flip": False})
-        assert not torch.allclose(plain.predict_logits(images.flip(-1)), plain.predict_logits(images).flip(-1), atol=1e-3)
+        mirrored_plain = plain.predict_logits(images.flip(-1))
+        assert not torch.allclose(mirrored_plain, plain.predict_logits(images).flip(-1), atol=1e-3)
 
 
 def test_scale_one_is_todays_single_scale_output_exactly():
@@ -58,8 +60,8 @@ def test_multi_scale_output_has_the_input_size_and_is_a_log_probability():
         assert out.shape == (1, 4, 37, 61)
         torch.testing.assert_close(out.exp().sum(1), torch.ones(1, 37, 61))
         # it is the mean of the per-scale probabilities, each resized back to the input size
-        single = [torch.nn.functional.interpolate(task.single_scale_logits(rescale(images, s)), size=(37, 61),
-                                                  mode="bilinear", align_corners=False).softmax(1) for s in PAPER_SCALES]
+        single = [F.interpolate(task.single_scale_logits(rescale(images, s)), size=(37, 61), mode="bilinear",
+                                align_corners=False).softmax(1) for s in PAPER_SCALES]
         torch.testing.assert_close(out, (sum(single) / 6).log())
         assert not torch.allclose(out.softmax(1), single[2], atol=1e-3)  # the scales did change it
 
