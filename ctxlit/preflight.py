@@ -39,6 +39,8 @@ NUMBER_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     # every backbone downsamples 32x; smaller photos end as 1x1 maps (food at 1 px: loss 1e29)
     "data.init_args.image_size": (lambda v: v >= 32, "an integer >= 32 (the backbones downsample 32x)"),
 }
+#: task options that change how fast a step runs, not what it computes (ctxlit.tasks.speed)
+SPEED_OPTIONS = ("compile", "channels_last")
 #: keys whose ``None`` means "not set" (Lightning's own defaults)
 OPTIONAL = {"trainer.max_epochs", "data.init_args.num_workers", "threads"}
 
@@ -109,8 +111,10 @@ def _canonical(value) -> str:
 def resume_changes(hparams: dict, model) -> dict[str, tuple[object, object]]:
     """{option: (in the checkpoint, on this command line)} for the model options that differ.
     ``model`` is the config's ``model`` (``class_path`` + ``init_args``); ``num_classes`` is
-    linked from the data and checked once the data module exists."""
-    saved = {k: v for k, v in hparams.items() if k not in ("_instantiator", "_class_path", "num_classes")}
+    linked from the data and checked once the data module exists; :data:`SPEED_OPTIONS` may
+    change (the same weights train on, only faster or slower)."""
+    skipped = ("_instantiator", "_class_path", "num_classes", *SPEED_OPTIONS)
+    saved = {k: v for k, v in hparams.items() if k not in skipped}
     given = model.init_args.as_dict()
     changes = {}
     saved_class, given_class = hparams.get("_class_path"), model.class_path
