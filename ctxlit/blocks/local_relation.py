@@ -22,19 +22,25 @@ regular submodule, so it is trained and saved (the seed code's positions were ne
 ``forward`` also referenced an undefined ``m`` and sized key/query maps with ``k``).
 
 Memory: an unfold-based layer copies x k*k times (49x the activation at k=7), and keeps that
-copy for backward. ``forward`` instead loops over the k*k offsets with strided views of the
-padded input, so the only k*k-sized tensors are the weights, ``K * G = K * C / m`` values per
-position (49/8 ~ 6x C at k=7, m=8), computed with one float32 softmax over the stacked logits.
-The logits and the aggregation are two small autograd Functions with hand-written backwards
-that accumulate gradients in one buffer each (autograd through 49 slices would allocate 49
-full-size gradients) and save only q, the padded keys, the weights and the padded input.
-``_reference_forward`` is the unfold version (tests and the benchmark compare the two).
+copy for backward. ``forward`` instead loops over the k*k offsets with views of the padded
+input, so the only k*k-sized tensor is the weights, ``K * G = K * C / m`` values per position
+(49/8 ~ 6x C at k=7, m=8), from one float32 softmax over all offsets at once. Logits, softmax
+and aggregation are ONE autograd Function with a hand-written backward that accumulates each
+gradient in one buffer (autograd through 49 slices would allocate 49 full-size gradients) and
+keeps only q, the key map, x, the weights and y: x and y are kept by the 1x1 convs anyway.
+
+Speed (CPU): at stride 1 the padded maps are laid out so that every window offset is one
+contiguous run (see ``_grid``): each of the 49 per-offset ops is then a single long vectorised
+loop instead of Ho short strided rows, which halves their cost. The logits of all offsets are
+one op on a copied view. ``_reference_forward`` is the unfold version (tests and the
+benchmark compare the two).
 
 Read-out: the aggregation weights ``w`` as ``(N, G, k*k, Ho, Wo)`` (sum to 1 over k*k).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -48,9 +54,63 @@ from ctxlit.errors import ConfigError
 Phi = Literal["squared_diff", "abs_diff", "product"]
 
 
-def _window(t: torch.Tensor, i: int, j: int, stride: int, ho: int, wo: int) -> torch.Tensor:
-    """Strided view of padded ``t`` at window offset (i, j): (..., Ho, Wo), no copy."""
-    return t[..., i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+def _grid(k: int, stride: int, h: int, w: int) -> tuple[int, int, int, int, int]:
+    """(Ho, Wo, Wg, Hp, Wp): output size, width of the grid computed on, padded input size.
+
+    The input is padded with r = k // 2 zero columns on the LEFT only (a window running off the
+    right edge wraps into the next row's left padding, which is zero as well), r rows on top
+    and r + e at the bottom (e extra rows keep the last wrapped windows inside the buffer).
+    At stride 1 the grid is Ho x Wp, so each window offset is ONE contiguous run of the
+    flattened map and every op below is a long vectorised loop; the last r columns of each
+    grid row are junk, computed and dropped (r / W extra work). At stride > 1 windows are
+    strided anyway and the grid is Ho x Wo.
+    """
+    r = k // 2
+    ho, wo, wp = (h - 1) // stride + 1, (w - 1) // stride + 1, w + r
+    hp = h + 2 * r + -(-2 * r // wp)
+    return ho, wo, (wp if stride == 1 else wo), hp, wp
+
+
+def _pad(t: torch.Tensor, r: int, hp: int) -> torch.Tensor:
+    """(..., H, W) -> (..., Hp, W + r) zero-padded as in :func:`_grid`, row-major contiguous."""
+    h = t.shape[-2]
+    return F.pad(t, (r, 0, r, hp - h - r)).contiguous()
+
+
+def _pad_cols(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero columns on the right up to ``width`` (grid layout; junk columns 0)."""
+    return F.pad(t, (0, width - t.shape[-1])) if width > t.shape[-1] else t
+
+
+def _offsets(t: torch.Tensor, k: int, stride: int, ho: int, wg: int) -> torch.Tensor:
+    """(..., k, k, Ho, Wg) view of padded ``t`` (..., Hp, Wp): every window offset, no copy."""
+    *lead, _, wp = t.shape
+    strides = (*t.stride()[:-2], wp, 1, stride * wp, stride)
+    return t.as_strided((*lead, k, k, ho, wg), strides, t.storage_offset())
+
+
+def _windows(t: torch.Tensor, k: int, stride: int, ho: int, wg: int) -> list[torch.Tensor]:
+    """The k*k window views (..., Ho, Wg) of padded ``t``, offset o = i * k + j in order."""
+    return [view for row in _offsets(t, k, stride, ho, wg).unbind(-4) for view in row.unbind(-3)]
+
+
+@functools.lru_cache(maxsize=64)
+def _outside(k: int, stride: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(k*k, Ho, Wg) bool: window positions outside the image, masked out of the softmax.
+
+    Junk grid columns count as inside, so their softmax stays finite; their output is dropped
+    and their gradient is zero. Cached per geometry (read-only; a few kB).
+    """
+    ho, wo, wg, hp, _ = _grid(k, stride, h, w)
+    ones = _pad(torch.ones(1, h, w, device=device), k // 2, hp)
+    outside = _offsets(ones, k, stride, ho, wg).reshape(k * k, ho, wg) == 0
+    outside[..., wo:] = False
+    return outside
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half/bfloat16 inputs (finite softmax logits under autocast); float64 stays."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _appearance(phi: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -62,78 +122,117 @@ def _appearance(phi: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return q * k
 
 
-class _LocalLogits(torch.autograd.Function):
-    """logits[:, :, o] = Phi(q, window_o(keys)) for the k*k offsets o, hand-written backward.
+def _grid_logits(phi: str, q: torch.Tensor, keys: torch.Tensor, k: int, stride: int) -> torch.Tensor:
+    """Phi(q, keys) for all k*k offsets: q (N, G, Ho, Wg), padded keys -> (N, G, k*k, Ho, Wg).
 
-    Saves only q (N, G, Ho, Wo) and the padded keys (N, G, H + 2r, W + 2r); backward
-    accumulates both gradients in place (no per-offset difference tensors, no per-slice
-    full-size gradients).
+    The offset view is copied first (a fast strided copy): an element-wise op that broadcasts
+    q against the overlapping 6-D view itself iterates in a poor order (~16x slower on CPU).
+    """
+    n, g, ho, wg = q.shape
+    out = _offsets(keys, k, stride, ho, wg).contiguous()  # (N, G, k, k, Ho, Wg): keys
+    q = q[:, :, None, None]
+    if phi == "product":
+        out.mul_(q)
+    else:  # -(k - q)^2 or -|k - q|, in place
+        out.sub_(q)
+        (out.square_() if phi == "squared_diff" else out.abs_()).neg_()
+    return out.reshape(n, g, k * k, ho, wg)
+
+
+def _logits_backward(phi, grad, q, keys, k, stride):
+    """Gradients of :func:`_grid_logits` w.r.t. q (N, G, Ho, Wg) and the padded keys.
+
+    ``grad`` (N, G, k*k, Ho, Wg) is overwritten.
+    """
+    n, g, ho, wg = q.shape
+    window = _offsets(keys, k, stride, ho, wg).contiguous()  # (N, G, k, k, Ho, Wg)
+    grad, q = grad.reshape(n, g, k, k, ho, wg), q[:, :, None, None]
+    if phi == "product":
+        d_q, d_k = window.mul_(grad).sum((2, 3)), grad.mul_(q)
+    else:  # window - q = k - q; d/dk Phi = 2 (q - k) or sign(q - k), d/dq = -d/dk
+        window.sub_(q)
+        d_k = window.mul_(grad).mul_(-2) if phi == "squared_diff" else window.sign_().mul_(grad).neg_()
+        d_q = d_k.sum((2, 3)).neg_()
+    grad_keys = torch.zeros_like(keys)
+    # windows overlap: accumulate offset by offset (G channels, cheap)
+    for view, d_o in zip(_windows(grad_keys, k, stride, ho, wg), d_k.flatten(2, 3).unbind(2)):
+        view.add_(d_o)
+    return d_q, grad_keys
+
+
+def _aggregate(weights: torch.Tensor, values: torch.Tensor, k: int, stride: int) -> torch.Tensor:
+    """y = sum_o w_o * window_o(values): w (N, G, K, Ho, Wg), values (N, G, m, Hp, Wp)."""
+    ho, wg = weights.shape[-2:]
+    pairs = zip(weights[:, :, :, None].unbind(2), _windows(values, k, stride, ho, wg))
+    w_0, x_0 = next(pairs)
+    y = torch.mul(w_0, x_0)  # (N, G, m, Ho, Wg), in the weights' dtype (float32 at least)
+    for w_o, x_o in pairs:
+        y.addcmul_(w_o, x_o)
+    return y
+
+
+def _aggregate_backward(grad_y, weights, values, k, stride, needs_values):
+    """grad_y (N, G, m, Ho, Wg) -> (grad weights (N, G, K, Ho, Wg), grad padded values or None).
+
+    One buffer per gradient, filled offset by offset in place: autograd through k*k slices
+    would allocate one full-size gradient per slice.
+    """
+    n, g, m, ho, wg = grad_y.shape
+    grad_w, product = grad_y.new_empty(n, g, k * k, ho, wg), torch.empty_like(grad_y)
+    for grad_o, x_o in zip(grad_w.unbind(2), _windows(values, k, stride, ho, wg)):
+        torch.sum(torch.mul(grad_y, x_o, out=product), dim=2, out=grad_o)
+    if not needs_values:
+        return grad_w, None
+    grad_v = grad_y.new_zeros(values.shape)
+    for view, w_o in zip(_windows(grad_v, k, stride, ho, wg), weights[:, :, :, None].unbind(2)):
+        view.addcmul_(grad_y, w_o)
+    return grad_w, grad_v
+
+
+class _LocalRelationFn(torch.autograd.Function):
+    """(q, key map, x, geometry prior) -> (y, w): logits, softmax and aggregation in one node.
+
+    q (N, G, Ho, Wo) and the key map (N, G, H, W) are float32 (or float64); x (N, C, H, W);
+    prior (K, G). Returns y (N, C, Ho, Wo) in q's dtype and the weights w (N, G, K, Ho, Wo),
+    the only k*k-sized tensor kept for backward (x is kept by the q/k convs anyway, y by the
+    output projection); backward rebuilds the padded maps and the grid layout from them.
     """
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, keys: torch.Tensor, phi: str, geometry: tuple[int, int, int, int]) -> torch.Tensor:
-        k, stride, ho, wo = geometry
-        ctx.phi, ctx.geometry = phi, geometry
-        ctx.save_for_backward(q, keys)
-        out = q.new_empty(q.shape[0], q.shape[1], k * k, ho, wo)
-        for o in range(k * k):
-            out[:, :, o] = _appearance(phi, q, _window(keys, o // k, o % k, stride, ho, wo))
-        return out
+    def forward(ctx, q, keymap, x, prior, phi: str, k: int, stride: int, m: int):
+        n, c, h, w = x.shape
+        ho, wo, wg, hp, wp = _grid(k, stride, h, w)
+        logits = _grid_logits(phi, _pad_cols(q, wg), _pad(keymap, k // 2, hp), k, stride)
+        bias = prior.t()[:, :, None, None].masked_fill(_outside(k, stride, h, w, x.device), float("-inf"))
+        weights = logits.add_(bias).softmax(dim=2)  # (N, G, K, Ho, Wg)
+        y = _aggregate(weights, _pad(x, k // 2, hp).reshape(n, c // m, m, hp, wp), k, stride)
+        y, weights = y.reshape(n, c, ho, wg)[..., :wo].contiguous(), weights[..., :wo].contiguous()
+        ctx.geometry = (phi, k, stride, m)
+        ctx.save_for_backward(q, keymap, x, weights, y)
+        ctx.mark_non_differentiable(weights)
+        return y, weights
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        q, keys = ctx.saved_tensors
-        k, stride, ho, wo = ctx.geometry
-        grad_q, grad_keys = torch.zeros_like(q), torch.zeros_like(keys)
-        for o in range(k * k):
-            key_o, grad_o = _window(keys, o // k, o % k, stride, ho, wo), grad[:, :, o]
-            grad_key_o = _window(grad_keys, o // k, o % k, stride, ho, wo)
-            if ctx.phi == "product":
-                grad_q.addcmul_(grad_o, key_o)
-                grad_key_o.addcmul_(grad_o, q)
-                continue
-            diff = q - key_o
-            d_q = diff.mul_(-2 * grad_o) if ctx.phi == "squared_diff" else diff.sign_().mul_(grad_o).neg_()
-            grad_q.add_(d_q)
-            grad_key_o.sub_(d_q)
-        return grad_q, grad_keys, None, None
-
-
-class _LocalAggregate(torch.autograd.Function):
-    """y = sum_o w[:, :, o] * window_o(values), with a hand-written backward.
-
-    Autograd through k*k slices of ``values`` would build one full-size zero gradient per
-    slice; here backward accumulates into a single gradient buffer in place, and only
-    ``weights`` and the padded ``values`` are saved.
-    weights: (N, G, K, Ho, Wo); values: padded input (N, G, m, H + 2r, W + 2r).
-    """
-
-    @staticmethod
-    def forward(ctx, weights: torch.Tensor, values: torch.Tensor, geometry: tuple[int, int, int, int]) -> torch.Tensor:
-        k, stride, ho, wo = geometry
-        ctx.geometry = geometry
-        ctx.save_for_backward(weights, values)
-        y = None
-        for o in range(k * k):
-            term = weights[:, :, o, None], _window(values, o // k, o % k, stride, ho, wo)
-            y = torch.mul(*term) if y is None else y.addcmul_(*term)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y: torch.Tensor):
-        weights, values = ctx.saved_tensors
-        k, stride, ho, wo = ctx.geometry
-        grad_w = torch.empty_like(weights) if ctx.needs_input_grad[0] else None
-        grad_v = torch.zeros_like(values, dtype=grad_y.dtype) if ctx.needs_input_grad[1] else None
-        for o in range(k * k):
-            i, j = o // k, o % k
-            if grad_w is not None:
-                grad_w[:, :, o] = (grad_y * _window(values, i, j, stride, ho, wo)).sum(dim=2)
-            if grad_v is not None:
-                _window(grad_v, i, j, stride, ho, wo).addcmul_(grad_y, weights[:, :, o, None])
-        return grad_w, None if grad_v is None else grad_v.to(values.dtype), None
+    def backward(ctx, grad_y: torch.Tensor, _: torch.Tensor):
+        q, keymap, x, weights, y = ctx.saved_tensors
+        phi, k, stride, m = ctx.geometry
+        (n, c, h, w), r = x.shape, k // 2
+        ho, wo, wg, hp, wp = _grid(k, stride, h, w)
+        grid_w, grad_y = _pad_cols(weights, wg), grad_y.to(y.dtype)  # junk columns 0
+        grad_w, grad_v = _aggregate_backward(
+            _pad_cols(grad_y, wg).reshape(n, c // m, m, ho, wg), grid_w,
+            _pad(x, r, hp).reshape(n, c // m, m, hp, wp), k, stride, ctx.needs_input_grad[2],
+        )
+        # softmax backward: dl = w * (dw - sum_o w_o dw_o), and sum_o w_o dw_o = sum_m dy * y
+        dot = (grad_y * y).reshape(n, c // m, m, ho, wo).sum(2)
+        grad_logits = grad_w.sub_(_pad_cols(dot, wg)[:, :, None]).mul_(grid_w)
+        grad_prior = grad_logits.sum((0, 3, 4)).t()
+        grad_q, grad_keys = _logits_backward(phi, grad_logits, _pad_cols(q, wg), _pad(keymap, r, hp), k, stride)
+        grad_x = None
+        if grad_v is not None:
+            grad_x = grad_v.reshape(n, c, hp, wp)[..., r : r + h, r:].to(x.dtype)
+        return grad_q[..., :wo], grad_keys[..., r : r + h, r:], grad_x, grad_prior, None, None, None, None
 
 
 class LocalRelation(RecordsAttention, nn.Module):
@@ -199,7 +298,7 @@ class LocalRelation(RecordsAttention, nn.Module):
 
     def _geometry_prior(self) -> torch.Tensor:
         """(k*k, G) float32 prior per offset and group."""
-        return self.geometry(self.offsets.to(self.geometry[0].weight.dtype)).float()
+        return _at_least_fp32(self.geometry(self.offsets.to(self.geometry[0].weight.dtype)))
 
     def _out_size(self, h: int, w: int) -> tuple[int, int]:
         return (h - 1) // self.stride + 1, (w - 1) // self.stride + 1
@@ -210,17 +309,13 @@ class LocalRelation(RecordsAttention, nn.Module):
         return self.project(y.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        k, s, r, g = self.kernel_size, self.stride, self.kernel_size // 2, self.groups
-        ho, wo = self._out_size(h, w)
-        q = self.query(x)[:, :, ::s, ::s].float()
-        keys = F.pad(self.key(x).float(), (r, r, r, r))
-        values = F.pad(x, (r, r, r, r)).reshape(n, g, self.channels_per_group, h + 2 * r, w + 2 * r)
-        logits = _LocalLogits.apply(q, keys, self.phi, (k, s, ho, wo))  # (N, G, k*k, Ho, Wo)
-        logits = logits + self._geometry_prior().t()[None, :, :, None, None]
-        weights = logits.masked_fill(~self._inside(h, w, x.device), float("-inf")).softmax(dim=2)
-        y = _LocalAggregate.apply(weights, values, (k, s, ho, wo))
-        return self._finish(weights, y.reshape(n, c, ho, wo), x.dtype)
+        s, g = self.stride, self.groups
+        # q and k in one 1x1 conv over x (one pass instead of two; parameter names unchanged)
+        qk = _at_least_fp32(F.conv2d(x, torch.cat([self.query.weight, self.key.weight])))  # (N, 2G, H, W)
+        q, keymap = qk[:, :g, ::s, ::s], qk[:, g:]  # (N, G, Ho, Wo), (N, G, H, W)
+        prior = self._geometry_prior()  # (K, G)
+        y, weights = _LocalRelationFn.apply(q, keymap, x, prior, self.phi, self.kernel_size, s, self.channels_per_group)
+        return self._finish(weights, y, x.dtype)
 
     def _reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Straightforward unfold version: materialises k*k copies of x (memory reference)."""
@@ -231,8 +326,8 @@ class LocalRelation(RecordsAttention, nn.Module):
         def unfold(t: torch.Tensor) -> torch.Tensor:
             return F.unfold(t, k, padding=r, stride=s).reshape(t.shape[0], t.shape[1], kk, ho, wo)
 
-        q = self.query(x)[:, :, ::s, ::s].float()[:, :, None]
-        keys = unfold(self.key(x).float())  # (N, G, K, Ho, Wo)
+        q = _at_least_fp32(self.query(x)[:, :, ::s, ::s])[:, :, None]
+        keys = unfold(_at_least_fp32(self.key(x)))  # (N, G, K, Ho, Wo)
         logits = _appearance(self.phi, q, keys) + self._geometry_prior().t()[None, :, :, None, None]
         weights = logits.masked_fill(~self._inside(h, w, x.device), float("-inf")).softmax(dim=2)
         values = unfold(x).reshape(n, g, self.channels_per_group, kk, ho, wo)
