@@ -5,6 +5,8 @@ the names a checkpoint holds."""
 from __future__ import annotations
 
 import inspect
+import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,11 +14,12 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from ctxlit.fit import main
+from ctxlit.fit import DEFAULT_CONFIG, main
 from ctxlit.preflight import resume_changes
 from ctxlit.tasks import ClassificationTask, SegmentationTask
 from tests.conftest import TINY
 
+EXPERIMENTS = Path(__file__).parents[1] / "experiments"
 SMALL = {
     ClassificationTask: dict(num_classes=4, backbone="resnet10", backbone_options={"width": 8, "stem": "cifar"},
                              block="gc"),
@@ -95,13 +98,30 @@ def test_a_resume_may_change_the_speed_switches_and_nothing_else():
     assert list(resume_changes(saved, given)) == ["lr"]
 
 
+def documented_callbacks(config: Path) -> str:
+    """The commented ``trainer.callbacks`` example of ``config``, uncommented, as a YAML file."""
+    lines = config.read_text().splitlines()
+    start = lines.index("  # callbacks:")
+    block = [lines[start]] + [line for line in itertools.takewhile(lambda x: x.startswith("  #   "), lines[start + 1:])]
+    return "trainer:\n" + "\n".join(line.replace("  # ", "  ", 1) for line in block) + "\n"
+
+
+@pytest.mark.parametrize("config", [DEFAULT_CONFIG, *sorted(EXPERIMENTS.glob("*/*.yaml"))], ids=lambda p: p.stem)
+def test_every_config_documents_ema_as_a_working_callback_example(config):
+    callbacks = yaml.safe_load(documented_callbacks(config))["trainer"]["callbacks"]
+    assert callbacks[0]["class_path"] == "pytorch_lightning.callbacks.EMAWeightAveraging"
+    assert 0 < callbacks[0]["init_args"]["decay"] < 1 and "bf16-mixed" in config.read_text()
+
+
 def test_ema_callback_averages_and_its_weights_are_the_checkpoints_state_dict(tmp_path, monkeypatch):
     """Lightning's EMAWeightAveraging, added as a trainer callback: the checkpoint's state_dict
     holds the averaged weights, ``current_model_state`` the raw ones (Lightning's layout), and
     the two differ after a few steps."""
     monkeypatch.chdir(tmp_path)
-    ema = ["--trainer.callbacks+=pytorch_lightning.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay=0.5"]
-    assert main([*TINY, "--trainer.logger=false", "--trainer.max_steps=4", "--checkpoint.dirpath=ck", *ema]) == 0
+    (tmp_path / "ema.yaml").write_text(documented_callbacks(DEFAULT_CONFIG))
+    ema = ["--config", "ema.yaml"]  # the default config's commented example, uncommented
+    assert main(["--config", str(DEFAULT_CONFIG), *ema, *TINY, "--trainer.logger=false", "--trainer.max_steps=4",
+                 "--checkpoint.dirpath=ck"]) == 0
     checkpoint = torch.load(tmp_path / "ck" / "last.ckpt", map_location="cpu", weights_only=False)
     averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
     assert averaged.keys() == raw.keys()
