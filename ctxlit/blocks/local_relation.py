@@ -78,8 +78,9 @@ def _pad(t: torch.Tensor, r: int, hp: int) -> torch.Tensor:
 
 
 def _pad_cols(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Zero columns on the right up to ``width`` (grid layout; junk columns 0)."""
-    return F.pad(t, (0, width - t.shape[-1])) if width > t.shape[-1] else t
+    """Zero columns on the right up to ``width`` (grid layout; junk columns 0), row-major: a
+    channels_last operand would make the per-offset element-wise ops iterate in a poor order."""
+    return (F.pad(t, (0, width - t.shape[-1])) if width > t.shape[-1] else t).contiguous()
 
 
 def _offsets(t: torch.Tensor, k: int, stride: int, ho: int, wg: int) -> torch.Tensor:
@@ -311,7 +312,8 @@ class LocalRelation(RecordsAttention, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s, g = self.stride, self.groups
         # q and k in one 1x1 conv over x (one pass instead of two; parameter names unchanged)
-        qk = _at_least_fp32(F.conv2d(x, torch.cat([self.query.weight, self.key.weight])))  # (N, 2G, H, W)
+        qk = F.conv2d(x, torch.cat([self.query.weight, self.key.weight]))  # (N, 2G, H, W)
+        qk = _at_least_fp32(qk).contiguous()  # row-major even for channels_last x (2G channels)
         q, keymap = qk[:, :g, ::s, ::s], qk[:, g:]  # (N, G, Ho, Wo), (N, G, H, W)
         prior = self._geometry_prior()  # (K, G)
         y, weights = _LocalRelationFn.apply(q, keymap, x, prior, self.phi, self.kernel_size, s, self.channels_per_group)
