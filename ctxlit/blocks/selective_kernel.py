@@ -27,6 +27,12 @@ from ctxlit.blocks._common import RecordsAttention, check_positive_options
 from ctxlit.errors import ConfigError
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class SelectiveKernelConv(RecordsAttention, nn.Module):
     """Selective Kernel convolution: M dilated grouped 3x3 branches mixed by channel attention.
 
@@ -88,13 +94,22 @@ class SelectiveKernelConv(RecordsAttention, nn.Module):
                 module.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = torch.stack([conv(x) for conv in self.convs], dim=1)  # (N, M, C, H', W')
-        summary = feats.sum(dim=1).mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
+        # The grouped 3x3 convs (C / G = 2 channels per group at C=64) cost about a full 3x3
+        # conv each in NCHW on CPU and half that in channels_last, so they run channels_last
+        # there; the output goes back to the input's layout.
+        inner = x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+        feats = [conv(inner) for conv in self.convs]  # M x (N, C, H', W')
+        # s = mean_HW(sum_m U_m), without materialising the sum (or a stack) of the branches
+        summary = sum(f.mean(dim=(2, 3), keepdim=True) for f in feats)  # (N, C, 1, 1)
         logits = self.select(self.squeeze(summary)).reshape(x.shape[0], self.branches, self.out_channels)
         weights = logits.float().softmax(dim=1)
         if self._attention_sink is not None:
             self._record(weights)
-        return (feats * weights.to(feats.dtype)[..., None, None]).sum(dim=1)
+        weights = weights.to(feats[0].dtype)[..., None, None].unbind(1)  # M x (N, C, 1, 1)
+        out = feats[0] * weights[0]
+        for f, w in zip(feats[1:], weights[1:]):
+            out = torch.addcmul(out, f, w)
+        return out.contiguous(memory_format=_memory_format(x))
 
     def extra_repr(self) -> str:
         return (
