@@ -21,11 +21,15 @@ the two softmax modes). BN's gamma starts at 0 so the block starts as the identi
 Fast paths (``forward``): the embedded-Gaussian and Gaussian forms are exactly
 ``scaled_dot_product_attention(theta, phi, g, scale=1)``; its fused kernels (flash attention on
 CPU, flash / memory-efficient on GPU) never keep the L x Lk matrix, which at Cityscapes
-resolution would not fit. They need a unit-stride feature dim (the token views are made
-contiguous) and, for the Gaussian form, equal q/v widths (g is zero-padded to C and the
-result sliced). The dot-product form is computed as ``theta (phi^T g) / Lk``, linear in L.
-Concatenation has no shortcut.
-``_reference_forward`` computes the explicit pairwise matrix (tests and the benchmark compare).
+resolution would not fit. They need a unit-stride feature dim: theta, phi and g are computed
+as one matrix product on the token matrix (their 1x1 convs' weights stacked), which yields
+exactly that layout with no copy per projection, and the output 1x1 conv is a matrix product
+on the attention output's tokens. For the Gaussian form q/v widths must match (g is
+zero-padded to C and the result sliced). On CPU, small maps with wide heads go through the
+explicit softmax instead, by a measured crossover (``EXPLICIT_MIN_DIM``, ``EXPLICIT_MAX_PAIRS``).
+The dot-product form is computed as ``theta (phi^T g) / Lk``, linear in L. Concatenation has
+no shortcut. ``_reference_forward`` always computes the explicit pairwise matrix (tests and
+the benchmark compare).
 
 Read-out: attention of chosen query positions (relative (y, x) from
 :func:`ctxlit.blocks.record_attention`) over the key positions, ``(N, Q, Hk, Wk)``. GCNet's
@@ -45,8 +49,30 @@ from ctxlit.blocks._common import RecordsAttention, query_indices, reduced_width
 from ctxlit.utils.checks import check_choice
 from ctxlit.errors import ConfigError
 
+#: CPU crossover between SDPA's fused (flash) kernel and the explicit L x Lk softmax, measured
+#: forward+backward with one thread (torch 2.14, a 2-core EPYC): with head dim 128 or 512 the
+#: explicit path took 0.6-0.8x the fused time for L = 64..1600 (parity at 3136); with head
+#: dim 32 it took 1.3-2x from L = 196 on. The explicit path keeps the L x Lk map for
+#: backward, so it is also capped at 2^20 pairs (4 MB/image).
+#: CUDA always takes the fused kernels.
+EXPLICIT_MIN_DIM, EXPLICIT_MAX_PAIRS = 64, 1 << 20
+
+
+def _fused(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """Whether softmax attention goes through SDPA (else the explicit, materialised map)."""
+    if query.device.type != "cpu":
+        return True
+    return query.shape[-1] < EXPLICIT_MIN_DIM or query.shape[1] * key.shape[1] > EXPLICIT_MAX_PAIRS
+
+
 Mode = Literal["embedded_gaussian", "gaussian", "dot_product", "concatenation"]
 SOFTMAX_MODES = ("embedded_gaussian", "gaussian")
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class NonLocal(RecordsAttention, nn.Module):
@@ -106,20 +132,32 @@ class NonLocal(RecordsAttention, nn.Module):
         return 1 / math.sqrt(dim) if self.scaled else 1.0
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """Queries (N, L, D), keys (N, Lk, D), values (N, Lk, Ci) and the key grid (Hk, Wk)."""
-        query = x if self.theta is None else self.theta(x)
-        key = x if self.phi is None else self.phi(x)
-        value = self.g(x)
-        if self.subsample:
-            key, value = F.max_pool2d(key, 2), F.max_pool2d(value, 2)
-        key_grid = (key.shape[-2], key.shape[-1])
+        """Queries (N, L, D), keys (N, Lk, D), values (N, Lk, Ci) and the key grid (Hk, Wk).
 
-        def tokens(t: torch.Tensor) -> torch.Tensor:
-            # unit stride on the feature dim: SDPA's fused CPU/GPU kernels need it and fall back
-            # to the math path (which materialises L x Lk) otherwise; no copy for channels_last
-            return t.flatten(2).transpose(1, 2).contiguous()
+        theta, phi and g are ONE matrix product on the token matrix (N*L, C) with their
+        weights stacked, so the three come out token-major with a unit-stride feature dim
+        (what SDPA's fused kernels need) without a copy each; only x is copied to tokens
+        (no copy for channels_last input). Same FLOPs as the three 1x1 convs.
+        """
+        n, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2).contiguous()  # (N, L, C)
+        convs = [m for m in (self.theta, self.phi, self.g) if m is not None]
+        weight = torch.cat([m.weight.reshape(m.out_channels, c) for m in convs])  # (k * Ci, C)
+        bias = torch.cat([m.bias for m in convs])
+        proj = torch.addmm(bias, tokens.reshape(n * h * w, c), weight.t()).reshape(n, h * w, -1)
+        parts = list(proj.split(self.inter, dim=-1))  # (N, L, Ci) views, feature stride 1
+        value = parts.pop()
+        query, key = parts if parts else (tokens.to(value.dtype), tokens.to(value.dtype))
+        key_grid = (h, w)
+        if self.subsample:  # 2x2 max-pool of keys and values, run on their spatial view
+            def pool(t: torch.Tensor) -> torch.Tensor:
+                grid = t.transpose(1, 2).reshape(n, t.shape[-1], h, w)  # channels_last strides
+                pooled = F.max_pool2d(grid, 2)
+                return pooled.flatten(2).transpose(1, 2).contiguous()
 
-        return tokens(query), tokens(key), tokens(value), key_grid
+            key, value = pool(key), pool(value)
+            key_grid = (h // 2, w // 2)
+        return query, key, value, key_grid
 
     def _pairwise(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         """f(query_i, key_j): (N, Lq, Lk), explicit; softmax in float32."""
@@ -133,9 +171,12 @@ class NonLocal(RecordsAttention, nn.Module):
         return (logits.float() * self.scale).softmax(dim=-1).to(logits.dtype)
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        y = y.transpose(1, 2).reshape(n, self.inter, h, w)
-        return x + self.bn(self.out(y))
+        """z = x + BN(W_z y): y (N, L, Ci) tokens; W_z as a matrix product on them (the 1x1 conv's
+        weights and FLOPs), back to x's memory layout before BN."""
+        n, c, h, w = x.shape
+        z = torch.mm(y.reshape(n * h * w, self.inter), self.out.weight.reshape(c, self.inter).t())
+        z = z.reshape(n, h, w, c).permute(0, 3, 1, 2)  # (N, C, H, W) view, channels_last strides
+        return x + self.bn(z.contiguous(memory_format=_memory_format(x)))
 
     def _record_queries(self, query: torch.Tensor, key: torch.Tensor, x: torch.Tensor, key_grid: tuple[int, int]) -> None:
         idx = query_indices(self._attention_queries, x.shape[-2], x.shape[-1])
@@ -147,7 +188,7 @@ class NonLocal(RecordsAttention, nn.Module):
         if self._attention_sink is not None:
             self._record_queries(query, key, x, key_grid)
         if self.mode in SOFTMAX_MODES:
-            y = self._attend(query, key, value)
+            y = self._attend(query, key, value) if _fused(query, key) else self._pairwise(query, key) @ value
         elif self.mode == "dot_product":
             y = query @ (key.transpose(1, 2) @ value) / key.shape[1]
         else:
