@@ -34,6 +34,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+QUICK_NOTE = (
+    "--quick checks that every pipeline runs: 160x120 photos and 256x128 Cityscapes frames, no "
+    "workers, one repeat, one or two timed batches per pipeline. Its ratios are not comparable "
+    "with a full run: fixed per-batch costs dominate such small images (issue 13 saw Cityscapes "
+    "at 0.79x its PIL reference here and 1.95x at full size with 2 workers). Compare pipelines "
+    "with the default sizes and workers."
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads in the main process (workers always use 1); more threads oversubscribe small CPUs")
     parser.add_argument("--repeats", type=int, default=3, help="epochs timed per pipeline (interleaved with the reference); the best counts")
-    parser.add_argument("--quick", action="store_true", help="a tiny run that only checks everything works")
+    parser.add_argument("--quick", action="store_true", help="a tiny run that only checks everything works: "
+                        "its ratios are NOT representative (see QUICK_NOTE)")
     parser.add_argument("--out", default="bench-results/data.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -250,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         args.cityscapes_frames, args.cityscapes_size = 5, (256, 128)
         args.workers = 0 if args.workers is None else args.workers
     torch.set_num_threads(args.threads)
+    if args.quick:
+        print(f"note: {QUICK_NOTE}", flush=True)
     if args.workers is None:
         from ctxlit.data.scan import default_threads
 
@@ -261,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in vars(args).items()}
     config.update(cpu_count=os.cpu_count(), python=platform.python_version(), torch=torch.__version__)
+    if args.quick:
+        config["quick_note"] = QUICK_NOTE
     out.write_text(json.dumps({"benchmark": "data", "config": config, "results": results}, indent=2, default=str))
     print(f"wrote {out}")
     return 0
