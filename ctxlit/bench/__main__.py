@@ -8,6 +8,7 @@ import sys
 COMMANDS = {
     "blocks": "ctxlit.bench.blocks",  # block cost vs a plain 3x3 conv; NL SDPA; LR no-unfold
     "data": "ctxlit.bench.data",  # input pipelines' images/s vs a PIL reference
+    "startup": "ctxlit.bench.startup",  # fixed CPU cost of --help, --print_config, a 1-step fit
 }
 
 
