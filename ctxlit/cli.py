@@ -119,7 +119,7 @@ class CtxlitCLI(LightningCLI):
         checkpoint = preflight.read_checkpoint(config.ckpt_path)
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         if hparams:
-            preflight.check_resume(hparams, config.model, config.resume.allow_changed)
+            preflight.check_resume(hparams, config.model, config.resume.allow_changed, subcommand)
         self._resumed_hparams = hparams
 
     def before_instantiate_classes(self) -> None:

@@ -41,6 +41,9 @@ NUMBER_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 #: task options that change how fast a step runs, not what it computes (ctxlit.tasks.speed)
 SPEED_OPTIONS = ("compile", "channels_last")
+#: how a checkpoint is evaluated, not what it learnt: free to change when ``validate``, ``test``
+#: or ``predict`` loads it (a single-scale model tested multi-scale + flip), never in ``fit``
+EVALUATION_OPTIONS = ("scales", "flip", "sliding_window", "window", "stride")
 #: keys whose ``None`` means "not set" (Lightning's own defaults)
 OPTIONAL = {"trainer.max_epochs", "data.init_args.num_workers", "threads"}
 
@@ -126,16 +129,20 @@ def resume_changes(hparams: dict, model) -> dict[str, tuple[object, object]]:
     return changes
 
 
-def check_resume(hparams: dict, model, allowed: list[str]) -> None:
-    """Refuse to resume a checkpoint with model options other than its own, except ``allowed``."""
+def check_resume(hparams: dict, model, allowed: list[str], subcommand: str = "fit") -> None:
+    """Refuse to load a checkpoint with model options other than its own, except ``allowed``
+    (and :data:`EVALUATION_OPTIONS` outside ``fit``)."""
     allowed = {key.removeprefix("model.init_args.") for key in allowed}
+    if subcommand != "fit":
+        allowed |= set(EVALUATION_OPTIONS)
     refused = {k: v for k, v in resume_changes(hparams, model).items() if k not in allowed}
     if refused:
         listed = "; ".join(f"{k}: {_canonical(old)} in the checkpoint, {_canonical(new)} here"
                            for k, (old, new) in refused.items())
+        loads = "resumes a run" if subcommand == "fit" else f"loads the model that {subcommand} runs"
         raise ConfigError(
-            f"--ckpt_path resumes a run, and this command line changes its model: {listed}. Drop these options "
-            f"to resume as it was, allow a change on purpose with --resume.allow_changed=[{','.join(refused)}] "
+            f"--ckpt_path {loads}, and this command line changes its model: {listed}. Drop these options "
+            f"to use it as it was, allow a change on purpose with --resume.allow_changed=[{','.join(refused)}] "
             f"(e.g. a lower lr), or start a new run from its weights with --model.init_args.backbone_weights")
 
 

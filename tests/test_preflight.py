@@ -253,3 +253,23 @@ def test_threads_sets_the_intra_op_thread_count_of_the_fit(tmp_path, monkeypatch
             assert (tmp_path / "threads.txt").read_text() == str(threads)
     finally:
         torch.set_num_threads(before)
+
+
+def test_evaluation_options_may_change_outside_fit_only():
+    from jsonargparse import Namespace
+
+    from ctxlit.errors import ConfigError
+    from ctxlit.preflight import check_resume
+
+    saved = {"_class_path": "ctxlit.tasks.SegmentationTask", "lr": 0.01, "scales": [1.0], "flip": False}
+    given = Namespace(class_path="ctxlit.tasks.SegmentationTask",
+                      init_args=Namespace(lr=0.01, scales=[0.5, 1.0, 1.5], flip=True))
+    for subcommand in ("validate", "test", "predict"):
+        check_resume(saved, given, [], subcommand)
+    with pytest.raises(ConfigError, match=r"^--ckpt_path resumes a run, .*scales: \[1.0\] in the checkpoint, \[0.5, 1.0, 1.5\] "
+                                          r"here; flip: false in the checkpoint, true here\."):
+        check_resume(saved, given, [], "fit")
+    given.init_args.lr = 0.1
+    with pytest.raises(ConfigError, match=r"^--ckpt_path loads the model that test runs, .*lr: 0.01 in the "
+                                          r"checkpoint, 0.1 here\. .*allow_changed=\[lr\]"):
+        check_resume(saved, given, [], "test")

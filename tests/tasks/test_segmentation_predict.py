@@ -48,6 +48,11 @@ def test_predict_writes_train_id_and_colour_pngs_named_after_each_image(cityscap
     assert main(args) == 0
     assert main(["predict", *args, "--ckpt_path", "ckpt/last.ckpt", "--predictions.path=pred"]) == 0
     assert "[ctxlit] predictions: 2 label maps (train ids and colours) -> pred" in capsys.readouterr().out
+    # How a checkpoint is evaluated may change outside fit (no --resume.allow_changed), never in fit.
+    single_scale = ["--model.init_args.scales=[1.0]", "--model.init_args.flip=false", "--ckpt_path", "ckpt/last.ckpt"]
+    assert main(["test", *args, *single_scale]) == 0
+    assert main(["fit", *args, *single_scale, "--trainer.max_steps=2"]) == 2
+    assert "scales: [0.75, 1.0, 1.5] in the checkpoint, [1.0] here" in capsys.readouterr().err
 
     dm = CityscapesDataModule(str(cityscapes_tree), num_workers=0)
     dm.setup("validate")
