@@ -3,6 +3,7 @@ by tests/study/test_sweep_runner.py::test_every_sweep_file_validates.)"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
@@ -14,7 +15,18 @@ def test_there_are_sweeps():
 
 
 def test_ci_runs_the_readme_test_command():
-    ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
     readme = (ROOT / "README.md").read_text()
-    assert ci_command.startswith("python3 -m venv")
-    assert f"\n{ci_command}\n" in readme
+    commands = [line for line in lines if line.startswith("python3 -m venv .venv &&")]
+    assert len(commands) == 1 and f"\n{commands[0]}\n" in readme
+
+
+def test_ci_tests_the_lowest_torch_pyproject_accepts():
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    floor = [line for line in lines if line.startswith("python3 -m venv .venv-floor")]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert len(floor) == 1
+    for package in ("torch", "torchvision"):
+        lowest = re.search(rf'"{package}>=([0-9.]+)"', pyproject).group(1)
+        pinned = re.search(rf'"{package}==([0-9.]+)"', floor[0]).group(1)
+        assert pinned.split(".")[:2] == lowest.split(".")[:2], (package, pinned, lowest)

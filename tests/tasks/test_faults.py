@@ -158,7 +158,10 @@ def test_sigkill_during_saves_never_leaves_an_unloadable_checkpoint(tmp_path, ot
         proc.wait()
         if target.exists():
             assert torch.load(target, weights_only=True)["state_dict"]["w"].numel() == 4 * 2**20, kill
-    assert target.exists() and list(other_tmpdir.iterdir()) == []
+    # torch 2.6 writes its own _remote_module_non_scriptable.py into a fresh $TMPDIR folder at import,
+    # which a SIGKILL leaves behind; any other file there would be ours.
+    left = [p for p in other_tmpdir.rglob("*") if p.is_file() and p.name != "_remote_module_non_scriptable.py"]
+    assert target.exists() and left == []
     AtomicCheckpointIO().save_checkpoint(_checkpoint(0.1), target)
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
 
