@@ -128,14 +128,7 @@ class SegmentationTask(pl.LightningModule):
         channels = list(self.backbone.out_channels)
         self.head = HEADS[head](channels[-1], num_classes, channels=head_channels, block=head_block,
                                 num_convs=head_num_convs, kernel_size=head_kernel_size)
-        self.aux_head = None
-        if aux_weight > 0:
-            if len(channels) < 3:
-                raise ConfigError(
-                    f"aux_weight={aux_weight} needs stage-3 features, but backbone {backbone!r} gives "
-                    f"{len(channels)} feature map(s); set aux_weight: 0"
-                )
-            self.aux_head = FCNHead(channels[2], num_classes, channels=max(head_channels // 2, 1), num_convs=1)
+        self.aux_head = auxiliary_head(backbone, channels, num_classes, aux_weight, head_channels)
         if ohem_thresh is not None and not 0 < ohem_thresh <= 1:
             raise ConfigError(f"ohem_thresh must be in (0, 1], got {ohem_thresh}")
         if sliding_window and (min(window) < 1 or min(stride) < 1):
@@ -266,6 +259,17 @@ class SegmentationTask(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = budgeted_warmup(hp.warmup_steps, total)
         return step_schedule(opt, warmup_poly(warmup, total, hp.poly_power))
+
+
+def auxiliary_head(backbone: str, channels: list[int], num_classes: int, aux_weight: float,
+                   head_channels: int) -> FCNHead | None:
+    """The auxiliary FCN head on stage-3 features (``channels[2]``), or None when ``aux_weight`` is 0."""
+    if aux_weight <= 0:
+        return None
+    if len(channels) < 3:
+        raise ConfigError(f"aux_weight={aux_weight} needs stage-3 features, but backbone {backbone!r} gives "
+                          f"{len(channels)} feature map(s); set aux_weight: 0")
+    return FCNHead(channels[2], num_classes, channels=max(head_channels // 2, 1), num_convs=1)
 
 
 def check_scales(scales: Sequence[float]) -> None:
