@@ -15,7 +15,8 @@ Shapes for ``x`` of ``(N, C_in, H, W)``, output ``(N, C, H', W')`` with ``C = ou
 
 Defaults as in the paper's SKNet-50: M=2 (3x3 with dilation 1 and 2, i.e. a 5x5 receptive
 field), G=32, r=16, L=32. Both ``in_channels`` and ``out_channels`` must be divisible by G.
-The branch softmax is computed in float32. Read-out: the branch weights ``a`` as ``(N, M, C)``.
+The branch softmax is computed in float32 (float64 for float64 inputs). Read-out: the branch
+weights ``a`` as ``(N, M, C)``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,71 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
+
+
+class _ToFormat(torch.autograd.Function):
+    """``x.contiguous(memory_format=fmt)`` whose backward returns the gradient in ``x``'s layout.
+
+    Plain ``.contiguous()`` passes the incoming gradient through as it is, so an NCHW gradient
+    would reach the channels_last branch tensors and every element-wise backward op there
+    (ReLU, the branch weighting, BN) would mix layouts, which costs several times a same-layout
+    pass on CPU. Converting the gradient once, where the layout changed, keeps them on one layout.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+        ctx.fmt = _memory_format(x)
+        return x.contiguous(memory_format=fmt)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad.contiguous(memory_format=ctx.fmt), None
+
+
+class _Select(torch.autograd.Function):
+    """V = sum_m a_m * U_m, returned in layout ``fmt``, for U_m (N, C, H, W) and a (N, M, C).
+
+    Autograd's version of this sum (and of the layout change after it) allocates a full-size
+    buffer per term of the forward and two per branch in the backward (``grad * a_m`` and the
+    ``grad * U_m`` that is summed over H, W for the weight gradient). On CPU every fresh
+    (N, C, H, W) buffer costs page faults as well as a pass, since the allocator hands freed
+    memory back to the OS between steps. Here the forward accumulates in place, and the backward
+    reuses one buffer for all weight gradients and then branch 0's gradient, and turns its own
+    layout-converted copy of ``grad`` into the last branch's gradient in place.
+    """
+
+    @staticmethod
+    def forward(ctx, fmt: torch.memory_format, weights: torch.Tensor, *feats: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weights, *feats)
+        w = weights[..., None, None]  # (N, M, C, 1, 1)
+        out = feats[0] * w[:, 0]  # (N, C, H, W), the branches' layout
+        for m, f in enumerate(feats[1:], start=1):
+            out.addcmul_(f, w[:, m])
+        return out.contiguous(memory_format=fmt)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        weights, *feats = ctx.saved_tensors
+        w = weights[..., None, None]  # (N, M, C, 1, 1)
+        need_weights, need_feats = ctx.needs_input_grad[1], ctx.needs_input_grad[2:]
+        # element-wise ops run fastest when all operands share one layout: the branches'
+        grad_in = grad.contiguous(memory_format=_memory_format(feats[0]))
+        owned = grad_in.data_ptr() != grad.data_ptr()  # a fresh copy we may overwrite
+        buffer = torch.empty_like(grad_in)
+        grad_weights = torch.empty_like(weights) if need_weights else None  # (N, M, C)
+        for m, f in enumerate(feats if need_weights else ()):  # dL/da_m = sum_HW grad * U_m
+            torch.sum(torch.mul(grad_in, f, out=buffer), dim=(2, 3), out=grad_weights[:, m])
+        grad_feats: list[torch.Tensor | None] = []  # dL/dU_m = grad * a_m
+        for m in range(len(feats)):
+            if not need_feats[m]:
+                grad_feats.append(None)
+            elif m == 0:
+                grad_feats.append(torch.mul(grad_in, w[:, 0], out=buffer))
+            elif m == len(feats) - 1 and owned:
+                grad_feats.append(grad_in.mul_(w[:, m]))
+            else:
+                grad_feats.append(grad_in * w[:, m])
+        return None, grad_weights, *grad_feats
 
 
 class SelectiveKernelConv(RecordsAttention, nn.Module):
@@ -96,20 +162,24 @@ class SelectiveKernelConv(RecordsAttention, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The grouped 3x3 convs (C / G = 2 channels per group at C=64) cost about a full 3x3
         # conv each in NCHW on CPU and half that in channels_last, so they run channels_last
-        # there; the output goes back to the input's layout.
-        inner = x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+        # there; the output (and the input's gradient) go back to the input's layout. Computing
+        # them as 9 shifted (G, Cg, Cg) multiply-adds instead measured about 10x slower than
+        # oneDNN's channels_last grouped conv forward+backward at C=64, so there is no such path.
+        inner = _ToFormat.apply(x, torch.channels_last) if x.device.type == "cpu" else x
         feats = [conv(inner) for conv in self.convs]  # M x (N, C, H', W')
-        # s = mean_HW(sum_m U_m), without materialising the sum (or a stack) of the branches
-        summary = sum(f.mean(dim=(2, 3), keepdim=True) for f in feats)  # (N, C, 1, 1)
+        # s = mean_HW(sum_m U_m), without materialising the sum (or a stack) of the branches.
+        # sum then divide: sum's backward hands each branch an expanded (N, C, 1, 1) view that
+        # is added in the branch's layout, where mean's backward writes a full NCHW tensor first.
+        # The sums accumulate in at least float32, so a float16 branch over a large map cannot overflow.
+        dtype, acc = feats[0].dtype, torch.promote_types(feats[0].dtype, torch.float32)
+        area = feats[0].shape[2] * feats[0].shape[3]
+        summary = sum(f.sum(dim=(2, 3), keepdim=True, dtype=acc) for f in feats)  # (N, C, 1, 1)
+        summary = (summary / area).to(dtype)
         logits = self.select(self.squeeze(summary)).reshape(x.shape[0], self.branches, self.out_channels)
-        weights = logits.float().softmax(dim=1)
+        weights = logits.to(acc).softmax(dim=1)  # (N, M, C)
         if self._attention_sink is not None:
             self._record(weights)
-        weights = weights.to(feats[0].dtype)[..., None, None].unbind(1)  # M x (N, C, 1, 1)
-        out = feats[0] * weights[0]
-        for f, w in zip(feats[1:], weights[1:]):
-            out = torch.addcmul(out, f, w)
-        return out.contiguous(memory_format=_memory_format(x))
+        return _Select.apply(_memory_format(x), weights.to(dtype), *feats)  # (N, C, H', W')
 
     def extra_repr(self) -> str:
         return (
