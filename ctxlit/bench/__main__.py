@@ -1,4 +1,4 @@
-"""``python -m ctxlit.bench {blocks,data} [options]``: dispatch to one benchmark."""
+"""``python -m ctxlit.bench {blocks,data,startup} [options]``: dispatch to one benchmark."""
 
 from __future__ import annotations
 
