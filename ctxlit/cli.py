@@ -41,7 +41,7 @@ from ctxlit.parse_errors import one_line
 from ctxlit.tasks.attention_maps import AttentionMaps
 from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary, ValidateAtLastStep
 from ctxlit.tasks.faults import AtomicCheckpointIO, NonFiniteGuard
-from ctxlit.tasks.predictions import PredictionsCSV
+from ctxlit.tasks.predictions import PredictionWriter
 
 
 class _DropLightningAdverts(logging.Filter):
@@ -97,7 +97,7 @@ class CtxlitCLI(LightningCLI):
         # --attention.every_n_epochs=N: the blocks' attention drawn every N validations (0: off)
         parser.add_lightning_class_args(AttentionMaps, "attention")
         # --predictions.top_k / .path: what `predict` writes (one CSV row per image)
-        parser.add_lightning_class_args(PredictionsCSV, "predictions")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.add_argument("--resume.allow_changed", type=list[str], default=[],
                             help="model options (init_args keys) a --ckpt_path resume may change, e.g. [lr]")

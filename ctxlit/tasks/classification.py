@@ -93,6 +93,9 @@ class ClassificationTask(pl.LightningModule):
         channels_last: parameters and input images in channels_last memory format.
     """
 
+    #: what ``predict_step`` returns, for :class:`ctxlit.tasks.predictions.PredictionWriter`
+    predicts = "probabilities"
+
     def __init__(
         self,
         num_classes: int,
@@ -168,7 +171,7 @@ class ClassificationTask(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """Class probabilities (N, K): ``ctxlit.tasks.predictions.PredictionsCSV`` writes them."""
+        """Class probabilities (N, K): ``ctxlit.tasks.predictions.PredictionWriter`` writes them."""
         return self(batch[0]).softmax(dim=1)
 
     def _evaluate(self, batch, split: str) -> None:

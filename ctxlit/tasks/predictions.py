@@ -38,8 +38,11 @@ from ctxlit.utils.files import write_atomically
 IMAGE_SUFFIXES = ("_leftImg8bit",)
 
 
-class PredictionsCSV(BasePredictionWriter):
-    """Args:
+class PredictionWriter(BasePredictionWriter):
+    """Writes what the task's ``predict`` returns, as its ``predicts`` attribute says:
+    ``"probabilities"`` (a CSV) or ``"label_maps"`` (PNGs).
+
+    Args:
         top_k: classes per row, most probable first (at most the number of classes);
             classification only.
         path: classification: the CSV file, default ``<run folder>/predictions.csv``;
@@ -55,10 +58,8 @@ class PredictionsCSV(BasePredictionWriter):
         self.written = 0
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from ctxlit.tasks.segmentation import SegmentationTask  # only when predicting (the CLI imports us for --help)
-
         self.rows, self.folder, self.written = [], None, 0
-        if isinstance(pl_module, SegmentationTask):
+        if getattr(pl_module, "predicts", "probabilities") == "label_maps":
             self.folder = Path(self.path) if self.path else Path(trainer.log_dir or ".") / "predictions"
             if self.folder.exists() and not self.folder.is_dir():
                 raise ConfigError(f"--predictions.path {self.path}: a file; segmentation writes a folder of PNGs")

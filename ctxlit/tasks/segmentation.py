@@ -84,6 +84,9 @@ class SegmentationTask(pl.LightningModule):
         channels_last: parameters and input images in channels_last (see :mod:`ctxlit.tasks.speed`).
     """
 
+    #: what ``predict_step`` returns, for :class:`ctxlit.tasks.predictions.PredictionWriter`
+    predicts = "label_maps"
+
     def __init__(
         self,
         num_classes: int,
@@ -220,7 +223,7 @@ class SegmentationTask(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         """Train-id label maps ``(N, H, W)`` uint8, by the validation's inference (scales, flip,
-        sliding window); :class:`ctxlit.tasks.predictions.PredictionsCSV` writes them as PNGs."""
+        sliding window); :class:`ctxlit.tasks.predictions.PredictionWriter` writes them as PNGs."""
         return self.predict_logits(batch[0]).argmax(1).to(torch.uint8)
 
     def on_validation_epoch_end(self) -> None:

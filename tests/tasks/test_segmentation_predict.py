@@ -78,10 +78,10 @@ def test_predict_writes_train_id_and_colour_pngs_named_after_each_image(cityscap
 
 def test_a_file_where_the_folder_should_be_is_refused(tmp_path):
     from ctxlit.errors import ConfigError
-    from ctxlit.tasks.predictions import PredictionsCSV
+    from ctxlit.tasks.predictions import PredictionWriter
 
     (tmp_path / "pred").write_text("not a folder")
-    callback = PredictionsCSV(path=str(tmp_path / "pred"))
+    callback = PredictionWriter(path=str(tmp_path / "pred"))
     trainer = type("T", (), {"log_dir": str(tmp_path)})()
     with pytest.raises(ConfigError, match=r"--predictions.path .*pred: a file; segmentation writes a folder of PNGs"):
         callback.on_predict_start(trainer, SegmentationTask(3, backbone="resnet10", backbone_options={"width": 8},
