@@ -58,6 +58,14 @@ def check_positive_options(owner: str, **values: float) -> None:
         check_positive(option, value, owner=owner)
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` for a 4-D tensor laid out NHWC (and not also NCHW-contiguous, as a
+    1x1 map is), else ``contiguous_format``: the layout a block's output should keep."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def reset_submodules(module: nn.Module) -> None:
     """Default ``reset_parameters()`` of every submodule that has one."""
     for child in module.modules():

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctxlit.blocks._common import RecordsAttention, query_indices, reduced_width
+from ctxlit.blocks._common import RecordsAttention, memory_format_of, query_indices, reduced_width
 from ctxlit.utils.checks import check_choice
 from ctxlit.errors import ConfigError
 
@@ -67,12 +67,6 @@ def _fused(query: torch.Tensor, key: torch.Tensor) -> bool:
 
 Mode = Literal["embedded_gaussian", "gaussian", "dot_product", "concatenation"]
 SOFTMAX_MODES = ("embedded_gaussian", "gaussian")
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 class NonLocal(RecordsAttention, nn.Module):
@@ -176,7 +170,7 @@ class NonLocal(RecordsAttention, nn.Module):
         n, c, h, w = x.shape
         z = torch.mm(y.reshape(n * h * w, self.inter), self.out.weight.reshape(c, self.inter).t())
         z = z.reshape(n, h, w, c).permute(0, 3, 1, 2)  # (N, C, H, W) view, channels_last strides
-        return x + self.bn(z.contiguous(memory_format=_memory_format(x)))
+        return x + self.bn(z.contiguous(memory_format=memory_format_of(x)))
 
     def _record_queries(self, query: torch.Tensor, key: torch.Tensor, x: torch.Tensor, key_grid: tuple[int, int]) -> None:
         idx = query_indices(self._attention_queries, x.shape[-2], x.shape[-1])

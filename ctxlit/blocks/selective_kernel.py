@@ -24,14 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ctxlit.blocks._common import RecordsAttention, check_positive_options
+from ctxlit.blocks._common import RecordsAttention, check_positive_options, memory_format_of
 from ctxlit.errors import ConfigError
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 class _ToFormat(torch.autograd.Function):
@@ -45,7 +39,7 @@ class _ToFormat(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
-        ctx.fmt = _memory_format(x)
+        ctx.fmt = memory_format_of(x)
         return x.contiguous(memory_format=fmt)
 
     @staticmethod
@@ -80,7 +74,7 @@ class _Select(torch.autograd.Function):
         w = weights[..., None, None]  # (N, M, C, 1, 1)
         need_weights, need_feats = ctx.needs_input_grad[1], ctx.needs_input_grad[2:]
         # element-wise ops run fastest when all operands share one layout: the branches'
-        grad_in = grad.contiguous(memory_format=_memory_format(feats[0]))
+        grad_in = grad.contiguous(memory_format=memory_format_of(feats[0]))
         owned = grad_in.data_ptr() != grad.data_ptr()  # a fresh copy we may overwrite
         buffer = torch.empty_like(grad_in)
         grad_weights = torch.empty_like(weights) if need_weights else None  # (N, M, C)
@@ -179,7 +173,7 @@ class SelectiveKernelConv(RecordsAttention, nn.Module):
         weights = logits.to(acc).softmax(dim=1)  # (N, M, C)
         if self._attention_sink is not None:
             self._record(weights)
-        return _Select.apply(_memory_format(x), weights.to(dtype), *feats)  # (N, C, H', W')
+        return _Select.apply(memory_format_of(x), weights.to(dtype), *feats)  # (N, C, H', W')
 
     def extra_repr(self) -> str:
         return (
