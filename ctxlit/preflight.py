@@ -114,10 +114,8 @@ def _canonical(value) -> str:
 def resume_changes(hparams: dict, model) -> dict[str, tuple[object, object]]:
     """{option: (in the checkpoint, on this command line)} for the model options that differ.
     ``model`` is the config's ``model`` (``class_path`` + ``init_args``); ``num_classes`` is
-    linked from the data and checked once the data module exists; :data:`SPEED_OPTIONS` may
-    change (the same weights train on, only faster or slower)."""
-    skipped = ("_instantiator", "_class_path", "num_classes", *SPEED_OPTIONS)
-    saved = {k: v for k, v in hparams.items() if k not in skipped}
+    linked from the data and checked once the data module exists."""
+    saved = {k: v for k, v in hparams.items() if k not in ("_instantiator", "_class_path", "num_classes")}
     given = model.init_args.as_dict()
     changes = {}
     saved_class, given_class = hparams.get("_class_path"), model.class_path
@@ -130,9 +128,10 @@ def resume_changes(hparams: dict, model) -> dict[str, tuple[object, object]]:
 
 
 def check_resume(hparams: dict, model, allowed: list[str], subcommand: str = "fit") -> None:
-    """Refuse to load a checkpoint with model options other than its own, except ``allowed``
-    (and :data:`EVALUATION_OPTIONS` outside ``fit``)."""
-    allowed = {key.removeprefix("model.init_args.") for key in allowed}
+    """Refuse to load a checkpoint with model options other than its own, except ``allowed``,
+    :data:`SPEED_OPTIONS` (the same weights, only faster or slower) and, outside ``fit``,
+    :data:`EVALUATION_OPTIONS`."""
+    allowed = {key.removeprefix("model.init_args.") for key in allowed} | set(SPEED_OPTIONS)
     if subcommand != "fit":
         allowed |= set(EVALUATION_OPTIONS)
     refused = {k: v for k, v in resume_changes(hparams, model).items() if k not in allowed}

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from ctxlit.errors import ConfigError
 from ctxlit.fit import DEFAULT_CONFIG, main
-from ctxlit.preflight import resume_changes
+from ctxlit.preflight import check_resume
 from ctxlit.tasks import ClassificationTask, SegmentationTask
 from tests.conftest import TINY
 
@@ -93,9 +94,10 @@ def test_a_resume_may_change_the_speed_switches_and_nothing_else():
     saved = {"_class_path": "ctxlit.tasks.ClassificationTask", "lr": 0.1, "compile": False, "channels_last": False}
     given = Namespace(class_path="ctxlit.tasks.ClassificationTask",
                       init_args=Namespace(lr=0.1, compile=True, channels_last=True))
-    assert resume_changes(saved, given) == {}
+    check_resume(saved, given, [])  # the switches alone: no error
     given.init_args.lr = 0.2
-    assert list(resume_changes(saved, given)) == ["lr"]
+    with pytest.raises(ConfigError, match=r"changes its model: lr: 0.1 in the checkpoint, 0.2 here\. "):
+        check_resume(saved, given, [])
 
 
 def documented_callbacks(config: Path) -> str:
