@@ -140,25 +140,10 @@ def _grid_logits(phi: str, q: torch.Tensor, keys: torch.Tensor, k: int, stride: 
     return out.reshape(n, g, k * k, ho, wg)
 
 
-def _logits_backward(phi, grad, q, keys, k, stride):
-    """Gradients of :func:`_grid_logits` w.r.t. q (N, G, Ho, Wg) and the padded keys.
-
-    ``grad`` (N, G, k*k, Ho, Wg) is overwritten.
-    """
-    n, g, ho, wg = q.shape
-    window = _offsets(keys, k, stride, ho, wg).contiguous()  # (N, G, k, k, Ho, Wg)
-    grad, q = grad.reshape(n, g, k, k, ho, wg), q[:, :, None, None]
-    if phi == "product":
-        d_q, d_k = window.mul_(grad).sum((2, 3)), grad.mul_(q)
-    else:  # window - q = k - q; d/dk Phi = 2 (q - k) or sign(q - k), d/dq = -d/dk
-        window.sub_(q)
-        d_k = window.mul_(grad).mul_(-2) if phi == "squared_diff" else window.sign_().mul_(grad).neg_()
-        d_q = d_k.sum((2, 3)).neg_()
-    grad_keys = torch.zeros_like(keys)
-    # windows overlap: accumulate offset by offset (G channels, cheap)
-    for view, d_o in zip(_windows(grad_keys, k, stride, ho, wg), d_k.flatten(2, 3).unbind(2)):
-        view.add_(d_o)
-    return d_q, grad_keys
+def _softmax_(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax over ``dim`` in place: no second k*k-sized buffer (a fresh one costs page faults)."""
+    logits.sub_(logits.amax(dim, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim, keepdim=True))
 
 
 def _aggregate(weights: torch.Tensor, values: torch.Tensor, k: int, stride: int) -> torch.Tensor:
@@ -172,22 +157,49 @@ def _aggregate(weights: torch.Tensor, values: torch.Tensor, k: int, stride: int)
     return y
 
 
-def _aggregate_backward(grad_y, weights, values, k, stride, needs_values):
-    """grad_y (N, G, m, Ho, Wg) -> (grad weights (N, G, K, Ho, Wg), grad padded values or None).
+def _aggregate_backward_(grad_y, weights, values, dot, k, stride, needs_values):
+    """Backward of aggregation and softmax; ``weights`` (N, G, K, Ho, Wg) becomes grad logits.
 
-    One buffer per gradient, filled offset by offset in place: autograd through k*k slices
-    would allocate one full-size gradient per slice.
+    grad_y (N, G, m, Ho, Wg), values (N, G, m, Hp, Wp), dot = sum_o w_o dw_o (N, G, Ho, Wg).
+    Offset by offset: grad values += grad_y * w_o, dw_o = sum_m grad_y * x_o, then in place
+    w_o <- w_o (dw_o - dot) (softmax backward). Returns grad padded values or None.
     """
-    n, g, m, ho, wg = grad_y.shape
-    grad_w, product = grad_y.new_empty(n, g, k * k, ho, wg), torch.empty_like(grad_y)
-    for grad_o, x_o in zip(grad_w.unbind(2), _windows(values, k, stride, ho, wg)):
-        torch.sum(torch.mul(grad_y, x_o, out=product), dim=2, out=grad_o)
-    if not needs_values:
-        return grad_w, None
-    grad_v = grad_y.new_zeros(values.shape)
-    for view, w_o in zip(_windows(grad_v, k, stride, ho, wg), weights[:, :, :, None].unbind(2)):
-        view.addcmul_(grad_y, w_o)
-    return grad_w, grad_v
+    ho, wg = grad_y.shape[-2:]
+    grad_v = grad_y.new_zeros(values.shape) if needs_values else None
+    grad_views = _windows(grad_v, k, stride, ho, wg) if needs_values else [None] * k * k
+    product = torch.empty_like(grad_y)
+    for w_o, x_o, view in zip(weights.unbind(2), _windows(values, k, stride, ho, wg), grad_views):
+        if view is not None:
+            view.addcmul_(grad_y, w_o[:, :, None])
+        w_o.mul_(torch.mul(grad_y, x_o, out=product).sum(2).sub_(dot))
+    return grad_v
+
+
+def _logits_backward_(phi, grad, q, keys, k, stride):
+    """Gradients of :func:`_grid_logits` w.r.t. q (N, G, Ho, Wg) and the padded keys.
+
+    ``grad`` (N, G, k*k, Ho, Wg) is overwritten with the gradient of each offset's key. One
+    window row (k offsets) at a time, against a (N, G, k, Ho, Wg) view of the keys.
+    """
+    n, g, ho, wg = q.shape
+    rows = grad.view(n, g, k, k, ho, wg).unbind(2)  # k x (N, G, k, Ho, Wg)
+    temp, q = grad.new_empty(n, g, k, ho, wg), q[:, :, None]
+    d_q = torch.zeros_like(q) if phi == "product" else None
+    for grad_row, key_row in zip(rows, _offsets(keys, k, stride, ho, wg).unbind(2)):
+        if phi == "product":  # d/dq = k, d/dk = q
+            d_q.add_(torch.mul(key_row, grad_row, out=temp).sum(2, keepdim=True))
+            grad_row.mul_(q)
+        elif phi == "squared_diff":  # d/dk -(q - k)^2 = 2 (q - k) = -d/dq
+            grad_row.mul_(torch.sub(q, key_row, out=temp).mul_(2))
+        else:  # d/dk -|q - k| = sign(q - k) = -d/dq
+            grad_row.mul_(torch.sub(q, key_row, out=temp).sign_())
+    d_k = grad.view(n, g, k * k, ho, wg)
+    d_q = d_q[:, :, 0] if phi == "product" else d_k.sum(2).neg_()
+    grad_keys = torch.zeros_like(keys)
+    # windows overlap: accumulate offset by offset (G channels, cheap)
+    for view, d_o in zip(_windows(grad_keys, k, stride, ho, wg), d_k.unbind(2)):
+        view.add_(d_o)
+    return d_q, grad_keys
 
 
 class _LocalRelationFn(torch.autograd.Function):
@@ -205,7 +217,7 @@ class _LocalRelationFn(torch.autograd.Function):
         ho, wo, wg, hp, wp = _grid(k, stride, h, w)
         logits = _grid_logits(phi, _pad_cols(q, wg), _pad(keymap, k // 2, hp), k, stride)
         bias = prior.t()[:, :, None, None].masked_fill(_outside(k, stride, h, w, x.device), float("-inf"))
-        weights = logits.add_(bias).softmax(dim=2)  # (N, G, K, Ho, Wg)
+        weights = _softmax_(logits.add_(bias), dim=2)  # (N, G, K, Ho, Wg)
         y = _aggregate(weights, _pad(x, k // 2, hp).reshape(n, c // m, m, hp, wp), k, stride)
         y, weights = y.reshape(n, c, ho, wg)[..., :wo].contiguous(), weights[..., :wo].contiguous()
         ctx.geometry = (phi, k, stride, m)
@@ -220,16 +232,17 @@ class _LocalRelationFn(torch.autograd.Function):
         phi, k, stride, m = ctx.geometry
         (n, c, h, w), r = x.shape, k // 2
         ho, wo, wg, hp, wp = _grid(k, stride, h, w)
-        grid_w, grad_y = _pad_cols(weights, wg), grad_y.to(y.dtype)  # junk columns 0
-        grad_w, grad_v = _aggregate_backward(
-            _pad_cols(grad_y, wg).reshape(n, c // m, m, ho, wg), grid_w,
-            _pad(x, r, hp).reshape(n, c // m, m, hp, wp), k, stride, ctx.needs_input_grad[2],
+        grad_y = grad_y.to(y.dtype)
+        # softmax backward needs sum_o w_o dw_o = sum_m dy * y (per group and position)
+        dot = _pad_cols((grad_y * y).reshape(n, c // m, m, ho, wo).sum(2), wg)  # (N, G, Ho, Wg)
+        # a copy of the weights on the grid (junk columns 0), overwritten with grad logits
+        grad_logits = _pad_cols(weights, wg) if wg > wo else weights.clone()
+        grad_v = _aggregate_backward_(
+            _pad_cols(grad_y, wg).reshape(n, c // m, m, ho, wg), grad_logits,
+            _pad(x, r, hp).reshape(n, c // m, m, hp, wp), dot, k, stride, ctx.needs_input_grad[2],
         )
-        # softmax backward: dl = w * (dw - sum_o w_o dw_o), and sum_o w_o dw_o = sum_m dy * y
-        dot = (grad_y * y).reshape(n, c // m, m, ho, wo).sum(2)
-        grad_logits = grad_w.sub_(_pad_cols(dot, wg)[:, :, None]).mul_(grid_w)
         grad_prior = grad_logits.sum((0, 3, 4)).t()
-        grad_q, grad_keys = _logits_backward(phi, grad_logits, _pad_cols(q, wg), _pad(keymap, r, hp), k, stride)
+        grad_q, grad_keys = _logits_backward_(phi, grad_logits, _pad_cols(q, wg), _pad(keymap, r, hp), k, stride)
         grad_x = None
         if grad_v is not None:
             grad_x = grad_v.reshape(n, c, hp, wp)[..., r : r + h, r:].to(x.dtype)
