@@ -25,6 +25,7 @@ import os
 import pydoc
 import signal
 import sys
+import typing
 import warnings
 
 import pytorch_lightning as pl
@@ -37,6 +38,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 import ctxlit.blocks  # noqa: F401  (block classes resolvable by short name, e.g. GlobalContext)
 from ctxlit import preflight
 from ctxlit.errors import ConfigError, CtxlitError
+from ctxlit.help_pages import HelpWithClassOptions
 from ctxlit.parse_errors import one_line
 from ctxlit.tasks.attention_maps import AttentionMaps
 from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary, ValidateAtLastStep
@@ -76,7 +78,10 @@ class CtxlitCLI(LightningCLI):
         kwargs.setdefault("prog", "python -m ctxlit.fit")
         # --trainer.max_epoch is a typo, not max_epochs: in a sweep file it would pass unseen.
         kwargs.setdefault("allow_abbrev", False)
+        # --help also lists the chosen task's and data module's options (ctxlit.help_pages)
+        kwargs.setdefault("add_help", False)
         parser = super().init_parser(**kwargs)
+        parser.add_argument("-h", "--help", action=HelpWithClassOptions, help="show this help message and exit")
         # On a bad option print the message alone, not ~70 lines of usage above it, and in one
         # line where jsonargparse would print its tree of Union members (ctxlit.parse_errors).
         parser.print_usage = lambda file=None: None
@@ -85,6 +90,7 @@ class CtxlitCLI(LightningCLI):
         return parser
 
     def add_arguments_to_parser(self, parser) -> None:
+        ints_before_floats(parser)
         parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/acc1",
@@ -159,6 +165,7 @@ class CtxlitCLI(LightningCLI):
         if saved is not None and given is not None and saved != given:
             raise ConfigError(f"--ckpt_path was trained for {saved} classes and this data has {given}: resume "
                               f"needs the same data; to fine-tune on new classes use --model.init_args.backbone_weights")
+        prepare_wandb_loggers(self.trainer.loggers)  # after the last check: it makes the W&B folder
 
     def _instantiate_trainer(self, config, callbacks):
         # A private method: the public instantiate_trainer(**kwargs) cannot drop a callback or
@@ -175,6 +182,26 @@ class CtxlitCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
         return super()._instantiate_trainer(config, [*callbacks, ValidateAtLastStep(), NonFiniteGuard()])
+
+
+def ints_before_floats(parser) -> None:
+    """Parse ``--trainer.limit_val_batches=1`` as the int 1 (one batch), not 1.0 (all of them).
+
+    Lightning annotates ``limit_*_batches``, ``overfit_batches`` and ``val_check_interval`` as
+    ``Optional[Union[int, float]]`` (int: batches, float: a fraction), but ``typing`` caches
+    unions by set equality, so the hint jsonargparse reads is the ``Union[float, int]`` that
+    lightning_fabric wrote first, and jsonargparse tries the members in order. Each such union
+    of the parser (read from argparse's ``_actions``, jsonargparse's ``_typehint``: no public
+    accessor) is rebuilt flat with ``int`` first, which no cached nested union can replace.
+    """
+    for action in parser._actions:
+        hint = getattr(action, "_typehint", None)
+        members = list(getattr(hint, "__args__", ()))
+        if typing.get_origin(hint) is typing.Union and int in members and float in members:
+            if members.index(float) < members.index(int):
+                members.remove(int)
+                members.insert(members.index(float), int)
+                action._typehint = typing.Union[tuple(members)]
 
 
 def plain_class_partials(config: Namespace, key: str) -> Namespace:
@@ -231,6 +258,28 @@ def place_loggers(loggers, run_dir: str | None, group: str | None, root: str | N
             args.save_dir = os.path.abspath(run_dir or args.save_dir or ".")
             if group:
                 args.group = group
+
+
+def prepare_wandb_loggers(loggers) -> None:
+    """Two W&B warnings at every run that no config can act on, removed at their cause:
+
+    - "The anonymous setting has no effect": Lightning's WandbLogger passes ``anonymous=None``
+      to ``wandb.init`` when the option is unset (its init kwargs are only in the private
+      ``_wandb_init``), and wandb >= 0.2x warns about the key whatever its value.
+    - "git root <save_dir> does not exist": wandb looks for the git commit from the run's
+      folder, which Lightning creates only later. Made here, after the model and data were
+      built (a bad config has stopped by now), the commit of the repository it is in is logged.
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        init = getattr(logger, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous", "") is None:
+            del init["anonymous"]
+        if logger.save_dir:
+            os.makedirs(logger.save_dir, exist_ok=True)
 
 
 def run_cli(argv: list[str], from_command_line: bool = False, start_notice: str | None = None) -> int:

@@ -53,6 +53,8 @@ def test_fit_end_to_end_writes_logs_checkpoints_and_summary(tmp_path, offline_en
     assert "ctxlit run summary" in out
     # torch's deprecation of Lightning's LeafSpec use is filtered (Lightning's, printed at every fetch)
     assert "LeafSpec" not in result.stderr
+    # W&B's two warnings that no config can act on are removed at their cause (cli.prepare_wandb_loggers)
+    assert "anonymous setting" not in result.stderr and "git root" not in result.stderr, result.stderr[-3000:]
     for needle in ("validation accuracy", "parameters", "FLOPs", "training throughput", "best checkpoint",
                    "last checkpoint", "CSV log", "W&B run"):
         assert needle in out, needle
@@ -478,3 +480,39 @@ def test_the_tip_under_an_error_names_a_command_that_exists(subcommand, tip, cap
     err = capsys.readouterr().err
     assert stop.value.code == 2
     assert f"tip: For details of accepted options run: {tip}\n" in err and "fit fit" not in err
+
+
+def test_help_lists_the_options_of_the_configs_task_and_data_as_configs_spell_them(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    task = out.index("Options of the task, ctxlit.tasks.ClassificationTask (from the config")
+    data = out.index("Options of the data module, ctxlit.data.SyntheticContextDataModule (from the config")
+    assert out.index("--trainer.max_epochs") < task < data
+    # the README's and the sweeps' spelling, with the values this run would use (default.yaml)
+    lr = out[out.index("  --model.init_args.lr LR", task):]
+    assert lr[:lr.index("\n  --")].replace("\n", " ").split()[-2:] == ["default:", "0.2)"]
+    assert "--model.init_args.placement.stages" in out and "--data.init_args.batch_size BATCH_SIZE" in out
+    assert "ctxlit.blocks.LocalRelation" in out and "torch.nn.Linear" not in out  # ours, not all of torch.nn
+
+
+def test_help_shows_the_values_of_the_given_config_and_flags(capsys):
+    config = Path(__file__).parents[1] / "experiments" / "food" / "resnet18_112.yaml"
+    with pytest.raises(SystemExit):
+        main(["validate", "--config", str(config), "--model.init_args.lr=0.05", "--help"])
+    out = capsys.readouterr().out
+    assert "Options of the data module, ctxlit.data.FoodDeliveryDataModule" in out and "--data.init_args.root" in out
+    lr = out[out.index("  --model.init_args.lr LR"):]
+    assert "default: 0.05)" in lr[:lr.index("\n  --")]
+
+
+@pytest.mark.parametrize("value, parsed", [("1", 1), ("1.0", 1.0), ("0.25", 0.25), ("3", 3)])
+def test_batch_limits_given_as_integers_are_batch_counts(value, parsed, capsys):
+    """Lightning reads int 1 as one batch and float 1.0 as all of them; jsonargparse got the
+    union in the order typing had cached (float first), and "1" meant every batch."""
+    with pytest.raises(SystemExit):
+        main([f"--trainer.limit_val_batches={value}", f"--trainer.val_check_interval={value}", "--print_config"])
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    for key in ("limit_val_batches", "val_check_interval"):
+        assert trainer[key] == parsed and type(trainer[key]) is type(parsed), (key, trainer[key])
