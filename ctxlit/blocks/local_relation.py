@@ -104,15 +104,13 @@ def _windows(t: torch.Tensor, k: int, stride: int, ho: int, wg: int) -> list[tor
 
 @functools.lru_cache(maxsize=64)
 def _outside(k: int, stride: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(k*k, Ho, Wg) additive mask: -inf at window positions outside the image, else 0.
+    """(k*k, Ho, Wo) additive mask: -inf at window positions outside the image, else 0.
 
-    Junk grid columns count as inside, so their softmax stays finite; their output is dropped
-    and their gradient is zero. Cached per geometry (read-only; a few kB).
+    Cached per geometry and dtype (read-only; a few kB).
     """
-    ho, wo, wg, hp, _ = _grid(k, stride, h, w)
+    ho, wo, _, hp, _ = _grid(k, stride, h, w)
     ones = _pad(torch.ones(1, h, w, device=device), k // 2, hp)
-    outside = _offsets(ones, k, stride, ho, wg).reshape(k * k, ho, wg) == 0
-    outside[..., wo:] = False
+    outside = _offsets(ones, k, stride, ho, wo).reshape(k * k, ho, wo) == 0
     return torch.zeros(outside.shape, device=device, dtype=dtype).masked_fill_(outside, float("-inf"))
 
 
@@ -130,21 +128,21 @@ def _appearance(phi: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return q * k
 
 
-def _grid_logits(phi: str, q: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor, k: int, stride: int):
-    """log2(e) * (Phi(q, keys) + bias) for all k*k offsets -> (N, G, k*k, Ho, Wg), in base 2
-    for :func:`_softmax_`. The one k*k-sized buffer of the forward.
+def _logits(phi: str, q: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor, k: int, stride: int):
+    """log2(e) * (Phi(q, keys) + bias) for all k*k offsets -> (N, G, k*k, Ho, Wo), in base 2
+    for :func:`_softmax_`: the one k*k-sized buffer, softmax-ed in place into the weights.
 
-    q (N, G, Ho, Wg), padded keys (N, G, Hp, Wp), bias (G, k*k, Ho, Wg): geometry prior and
+    q (N, G, Ho, Wo), padded keys (N, G, Hp, Wp), bias (G, k*k, Ho, Wo): geometry prior and
     the -inf mask, already scaled by log2(e). The first op reads the overlapping
-    (N, G, k, k, Ho, Wg) view of the keys; the scale is folded into ops that run anyway.
+    (N, G, k, k, Ho, Wo) view of the keys; the scale is folded into ops that run anyway.
     """
-    n, g, ho, wg = q.shape
-    out = q.new_empty(n, g, k * k, ho, wg)
-    window, q = _offsets(keys, k, stride, ho, wg), q[:, :, None, None]
+    n, g, ho, wo = q.shape
+    out = q.new_empty(n, g, k * k, ho, wo)
+    window, q = _offsets(keys, k, stride, ho, wo), q[:, :, None, None]
     if phi == "product":
-        torch.mul(window, q * _LOG2E, out=out.view(n, g, k, k, ho, wg))
+        torch.mul(window, q * _LOG2E, out=out.view(n, g, k, k, ho, wo))
         return out.add_(bias)
-    torch.sub(window, q, out=out.view(n, g, k, k, ho, wg))  # k - q
+    torch.sub(window, q, out=out.view(n, g, k, k, ho, wo))  # k - q
     if phi == "squared_diff":
         return torch.addcmul(bias, out, out, value=-_LOG2E, out=out)  # bias - log2(e) (k - q)^2
     return torch.sub(bias, out.abs_(), alpha=_LOG2E, out=out)  # bias - log2(e) |k - q|
@@ -157,34 +155,37 @@ def _softmax_(logits: torch.Tensor, dim: int) -> torch.Tensor:
     return logits.mul_(logits.sum(dim, keepdim=True).reciprocal_())
 
 
-def _aggregate(weights: torch.Tensor, values: torch.Tensor, k: int, stride: int) -> torch.Tensor:
-    """y = sum_o w_o * window_o(values): w (N, G, K, Ho, Wg), values (N, G, m, Hp, Wp)."""
-    ho, wg = weights.shape[-2:]
-    pairs = zip(weights[:, :, :, None].unbind(2), _windows(values, k, stride, ho, wg))
-    w_0, x_0 = next(pairs)
-    y = torch.mul(w_0, x_0)  # (N, G, m, Ho, Wg), in the weights' dtype (float32 at least)
-    for w_o, x_o in pairs:
-        y.addcmul_(w_o, x_o)
+def _aggregate(weights: torch.Tensor, values: torch.Tensor, k: int, stride: int, wg: int) -> torch.Tensor:
+    """y = sum_o w_o * window_o(values) on the grid: w (N, G, K, Ho, Wo), values (N, G, m, Hp, Wp)
+    -> (N, G, m, Ho, Wg). One window row of weights at a time is copied onto the grid."""
+    n, g, _, ho, wo = weights.shape
+    row, y = weights.new_zeros(n, g, k, 1, ho, wg), None  # (junk columns stay 0)
+    for i, values_row in enumerate(_window_rows(values, k, stride, ho, wg)):  # (N, G, m, k, Ho, Wg)
+        row[..., 0, :, :wo] = weights[:, :, i * k : (i + 1) * k]
+        for w_o, x_o in zip(row.unbind(2), values_row.unbind(3)):
+            y = torch.mul(w_o, x_o) if y is None else y.addcmul_(w_o, x_o)  # in the weights' dtype
     return y
 
 
-def _aggregate_row_backward_(grad_row, grad_y, dot, values_row, grad_values_row, product):
+def _aggregate_row_backward_(grad_row, grad_y, dot, values_row, grad_values_row, product, dw_row):
     """Aggregation and softmax backward for one window row (k offsets), in place.
 
     grad_row (N, G, k, Ho, Wg) holds the row's weights w_o and becomes grad logits
     w_o (dw_o - dot), with dw_o = sum_m grad_y * x_o and dot = sum_o w_o dw_o (N, G, Ho, Wg).
     grad_y (N, G, m, Ho, Wg); values_row / grad_values_row: (N, G, m, k, Ho, Wg) windows of the
     padded values and of their gradient (None: not needed), which gets grad_y * w_o added.
+    product (N, G, m, Ho, Wg) and dw_row (like grad_row) are scratch buffers.
     """
     grad_windows = grad_values_row.unbind(3) if grad_values_row is not None else [None] * grad_row.shape[2]
-    for w_o, x_o, view in zip(grad_row.unbind(2), values_row.unbind(3), grad_windows):
+    for w_o, x_o, view, dw_o in zip(grad_row.unbind(2), values_row.unbind(3), grad_windows, dw_row.unbind(2)):
         if view is not None:
             view.addcmul_(grad_y, w_o[:, :, None])
-        w_o.mul_(torch.mul(grad_y, x_o, out=product).sum(2).sub_(dot))
+        torch.sum(torch.mul(grad_y, x_o, out=product), 2, out=dw_o)
+    grad_row.mul_(dw_row.sub_(dot[:, :, None]))
 
 
 def _logits_row_backward_(phi, grad_row, q, keys_row, grad_q, temp):
-    """Backward of :func:`_grid_logits` for one window row, in place.
+    """Backward of :func:`_logits` for one window row, in place.
 
     grad_row (N, G, k, Ho, Wg), the row's grad logits (base e), becomes the gradient of each
     offset's key; grad_q (N, G, Ho, Wg) is accumulated. keys_row: (N, G, k, Ho, Wg) view of the
@@ -214,11 +215,11 @@ class _LocalRelationFn(torch.autograd.Function):
     def forward(ctx, q, keymap, x, prior, phi: str, k: int, stride: int, m: int):
         n, c, h, w = x.shape
         ho, wo, wg, hp, wp = _grid(k, stride, h, w)
-        bias = (prior.t() * _LOG2E)[:, :, None, None] + _outside(k, stride, h, w, x.device, q.dtype)  # (G, K, Ho, Wg)
-        logits = _grid_logits(phi, _pad_cols(q, wg), _pad(keymap, k // 2, hp), bias, k, stride)
-        weights = _softmax_(logits, dim=2)  # (N, G, K, Ho, Wg)
-        y = _aggregate(weights, _pad(x, k // 2, hp).reshape(n, c // m, m, hp, wp), k, stride)
-        y, weights = y.reshape(n, c, ho, wg)[..., :wo].contiguous(), weights[..., :wo].contiguous()
+        bias = (prior.t() * _LOG2E)[:, :, None, None] + _outside(k, stride, h, w, x.device, q.dtype)  # (G, K, Ho, Wo)
+        weights = _softmax_(_logits(phi, q, _pad(keymap, k // 2, hp), bias, k, stride), dim=2)  # (N, G, K, Ho, Wo)
+        y = _aggregate(weights, _pad(x, k // 2, hp).reshape(n, c // m, m, hp, wp), k, stride, wg)
+        y = y.reshape(n, c, ho, wg)[..., :wo].contiguous()
+        ctx.set_materialize_grads(False)  # no zero tensor for the weights' (absent) gradient
         ctx.geometry = (phi, k, stride, m)
         ctx.save_for_backward(q, keymap, x, weights, y)
         ctx.mark_non_differentiable(weights)
@@ -226,7 +227,9 @@ class _LocalRelationFn(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y: torch.Tensor, _: torch.Tensor):
+    def backward(ctx, grad_y: torch.Tensor | None, _: torch.Tensor | None):
+        if grad_y is None:
+            return None, None, None, None, None, None, None, None
         q, keymap, x, weights, y = ctx.saved_tensors
         phi, k, stride, m = ctx.geometry
         (n, c, h, w), r = x.shape, k // 2
@@ -247,7 +250,7 @@ class _LocalRelationFn(torch.autograd.Function):
             _window_rows(keys, k, stride, ho, wg), _window_rows(grad_keys, k, stride, ho, wg),
         )):
             row[..., :wo] = weights[:, :, i * k : (i + 1) * k]
-            _aggregate_row_backward_(row, grad_y, dot, values_row, grad_v_row, product)
+            _aggregate_row_backward_(row, grad_y, dot, values_row, grad_v_row, product, temp)
             grad_prior[i] = row.sum((0, 3, 4)).t()
             _logits_row_backward_(phi, row, q, keys_row, grad_q, temp)
             for view, d_o in zip(grad_keys_row.unbind(-3), row.unbind(2)):  # windows overlap
