@@ -297,15 +297,20 @@ def run_cli(argv: list[str], from_command_line: bool = False, start_notice: str 
     try:
         preflight.check_config_files(argv)
         CtxlitCLI.start_notice = start_notice
-        CtxlitCLI(
-            model_class=pl.LightningModule,
-            datamodule_class=pl.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=None if from_command_line else argv,
-            auto_configure_optimizers=False,
-        )
+        with warnings.catch_warnings():
+            if argv[:1] != ["fit"]:
+                # validate/test/predict save no checkpoint, yet Lightning warns at each of them
+                # that the checkpoint callback's folder differs from the one in --ckpt_path
+                warnings.filterwarnings("ignore", message="The dirpath has changed from")
+            CtxlitCLI(
+                model_class=pl.LightningModule,
+                datamodule_class=pl.LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_kwargs={"overwrite": True},
+                args=None if from_command_line else argv,
+                auto_configure_optimizers=False,
+            )
         code = 0
     except (CtxlitError, ValueError) as err:
         cause = ctxlit_cause(err)
