@@ -22,18 +22,25 @@ regular submodule, so it is trained and saved (the seed code's positions were ne
 ``forward`` also referenced an undefined ``m`` and sized key/query maps with ``k``).
 
 Memory: an unfold-based layer copies x k*k times (49x the activation at k=7), and keeps that
-copy for backward. ``forward`` instead loops over the k*k offsets with views of the padded
-input, so the only k*k-sized tensor is the weights, ``K * G = K * C / m`` values per position
-(49/8 ~ 6x C at k=7, m=8), from one float32 softmax over all offsets at once. Logits, softmax
-and aggregation are ONE autograd Function with a hand-written backward that accumulates each
-gradient in one buffer (autograd through 49 slices would allocate 49 full-size gradients) and
-keeps only q, the key map, x, the weights and y: x and y are kept by the 1x1 convs anyway.
+copy for backward. Here the only k*k-sized tensor is the weights, ``K * G = K * C / m`` values
+per position (49/8 ~ 6x C at k=7, m=8): the logits of all offsets are computed into that
+buffer (float32 at least) and soft-maxed in place. Logits, softmax and aggregation are ONE
+autograd Function with a hand-written backward that keeps only q, the key map, x, the
+weights and y (x and y are kept by the 1x1 convs anyway): ~8.4x the activation in all. The
+aggregation and the backward work on views of the padded input, one window row (k offsets)
+at a time, and accumulate each gradient in one buffer (autograd through 49 slices would
+allocate 49 full-size gradients): besides a (G, K, Ho, Wo) logit bias (one image's weights),
+every temporary is at most x-sized.
 
 Speed (CPU): at stride 1 the padded maps are laid out so that every window offset is one
-contiguous run (see ``_grid``): each of the 49 per-offset ops is then a single long vectorised
-loop instead of Ho short strided rows, which halves their cost. The logits of all offsets are
-one op on a copied view. ``_reference_forward`` is the unfold version (tests and the
-benchmark compare the two).
+contiguous run (see ``_grid``): each per-offset op is then a single long vectorised loop
+instead of Ho short strided rows, which halves its cost; one window row of weights at a time
+is copied onto that grid. The softmax runs in base 2 (``exp2`` is ~3x faster than ``exp`` on
+CPU; log2(e) is folded into the logit ops). No batch-sized k*k buffer is allocated besides the
+saved weights (a fresh multi-MB buffer costs page faults on every step). What remains is mostly
+3 x k*k element-wise passes over x-sized tensors (aggregation, gradient of x, gradient of the
+weights). ``_reference_forward`` is the unfold version (tests and the benchmark compare the
+two).
 
 Read-out: the aggregation weights ``w`` as ``(N, G, k*k, Ho, Wo)`` (sum to 1 over k*k).
 """
@@ -95,11 +102,6 @@ def _offsets(t: torch.Tensor, k: int, stride: int, ho: int, wg: int) -> torch.Te
 def _window_rows(t: torch.Tensor, k: int, stride: int, ho: int, wg: int) -> list[torch.Tensor]:
     """The k window rows (..., k, Ho, Wg) of padded ``t``: row i holds offsets i * k + j."""
     return list(_offsets(t, k, stride, ho, wg).unbind(-4))
-
-
-def _windows(t: torch.Tensor, k: int, stride: int, ho: int, wg: int) -> list[torch.Tensor]:
-    """The k*k window views (..., Ho, Wg) of padded ``t``, offset o = i * k + j in order."""
-    return [view for row in _offsets(t, k, stride, ho, wg).unbind(-4) for view in row.unbind(-3)]
 
 
 @functools.lru_cache(maxsize=64)
@@ -174,13 +176,17 @@ def _aggregate_row_backward_(grad_row, grad_y, dot, values_row, grad_values_row,
     w_o (dw_o - dot), with dw_o = sum_m grad_y * x_o and dot = sum_o w_o dw_o (N, G, Ho, Wg).
     grad_y (N, G, m, Ho, Wg); values_row / grad_values_row: (N, G, m, k, Ho, Wg) windows of the
     padded values and of their gradient (None: not needed), which gets grad_y * w_o added.
-    product (N, G, m, Ho, Wg) and dw_row (like grad_row) are scratch buffers.
+    Scratch: dw_row like grad_row, product (B, G, m, k, Ho, Wg): dw of the row's k offsets is
+    one product and one sum over m for B images at a time (faster than offset by offset).
     """
-    grad_windows = grad_values_row.unbind(3) if grad_values_row is not None else [None] * grad_row.shape[2]
-    for w_o, x_o, view, dw_o in zip(grad_row.unbind(2), values_row.unbind(3), grad_windows, dw_row.unbind(2)):
-        if view is not None:
+    if grad_values_row is not None:
+        for w_o, view in zip(grad_row.unbind(2), grad_values_row.unbind(3)):
             view.addcmul_(grad_y, w_o[:, :, None])
-        torch.sum(torch.mul(grad_y, x_o, out=product), 2, out=dw_o)
+    n, chunk = grad_y.shape[0], product.shape[0]
+    for i in range(0, n, chunk):
+        images = slice(i, i + chunk)
+        terms = torch.mul(grad_y[images, :, :, None], values_row[images], out=product[: min(chunk, n - i)])
+        torch.sum(terms, 2, out=dw_row[images])
     grad_row.mul_(dw_row.sub_(dot[:, :, None]))
 
 
@@ -240,10 +246,11 @@ class _LocalRelationFn(torch.autograd.Function):
         dot = _pad_cols((grad_y * y).reshape(n, g, m, ho, wo).sum(2), wg)  # (N, G, Ho, Wg)
         grad_y = _pad_cols(grad_y, wg).reshape(n, g, m, ho, wg)
         values, keys, q = _pad(x, r, hp).reshape(n, g, m, hp, wp), _pad(keymap, r, hp), _pad_cols(q, wg)
-        grad_v = torch.zeros_like(values) if ctx.needs_input_grad[2] else None
+        grad_v = grad_y.new_zeros(values.shape) if ctx.needs_input_grad[2] else None  # in q's dtype
         grad_q, grad_keys, grad_prior = torch.zeros_like(q), torch.zeros_like(keys), q.new_empty(k, k, g)
         # one window row at a time: no k*k-sized buffer (junk columns of ``row`` stay 0)
-        row, temp, product = q.new_zeros(n, g, k, ho, wg), q.new_empty(n, g, k, ho, wg), torch.empty_like(grad_y)
+        row, temp = q.new_zeros(n, g, k, ho, wg), q.new_empty(n, g, k, ho, wg)
+        product = q.new_empty(max(1, n // k), g, m, k, ho, wg)  # at most x-sized
         grad_v_rows = _window_rows(grad_v, k, stride, ho, wg) if grad_v is not None else [None] * k
         for i, (values_row, grad_v_row, keys_row, grad_keys_row) in enumerate(zip(
             _window_rows(values, k, stride, ho, wg), grad_v_rows,
