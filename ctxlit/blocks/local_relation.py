@@ -29,8 +29,9 @@ autograd Function with a hand-written backward that keeps only q, the key map, x
 weights and y (x and y are kept by the 1x1 convs anyway): ~8.4x the activation in all. The
 aggregation and the backward work on views of the padded input, one window row (k offsets)
 at a time, and accumulate each gradient in one buffer (autograd through 49 slices would
-allocate 49 full-size gradients): besides a (G, K, Ho, Wo) logit bias (one image's weights),
-every temporary is at most x-sized.
+allocate 49 full-size gradients). Other temporaries are x-sized or at most about one image's
+weights (the (G, K, Ho, Wo) logit bias; the backward's grad_y * x products for the k offsets
+of a window row, max(1, N // k) images at a time).
 
 Speed (CPU): at stride 1 the padded maps are laid out so that every window offset is one
 contiguous run (see ``_grid``): each per-offset op is then a single long vectorised loop
@@ -250,7 +251,7 @@ class _LocalRelationFn(torch.autograd.Function):
         grad_q, grad_keys, grad_prior = torch.zeros_like(q), torch.zeros_like(keys), q.new_empty(k, k, g)
         # one window row at a time: no k*k-sized buffer (junk columns of ``row`` stay 0)
         row, temp = q.new_zeros(n, g, k, ho, wg), q.new_empty(n, g, k, ho, wg)
-        product = q.new_empty(max(1, n // k), g, m, k, ho, wg)  # at most x-sized
+        product = q.new_empty(max(1, n // k), g, m, k, ho, wg)  # x-sized, or one image's k offsets
         grad_v_rows = _window_rows(grad_v, k, stride, ho, wg) if grad_v is not None else [None] * k
         for i, (values_row, grad_v_row, keys_row, grad_keys_row) in enumerate(zip(
             _window_rows(values, k, stride, ho, wg), grad_v_rows,
