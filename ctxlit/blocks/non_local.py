@@ -52,10 +52,12 @@ from ctxlit.errors import ConfigError
 #: CPU crossover between SDPA's fused (flash) kernel and the explicit L x Lk softmax, measured
 #: forward+backward with one thread (torch 2.14, a 2-core EPYC): with head dim 128 or 512 the
 #: explicit path took 0.6-0.8x the fused time for L = 64..1600 (parity at 3136); with head
-#: dim 32 it took 1.3-2x from L = 196 on. The explicit path keeps the L x Lk map for
-#: backward, so it is also capped at 2^20 pairs (4 MB/image).
+#: dim 32 it took 1.3-2x from L = 196 on. With head dim 256 (C = 512, a segmentation head)
+#: at batch 1, the fused path took 1.05-1.07x the explicit time at L = 1536 and 2048 and
+#: 0.83-0.90x from L = 3072 on, so the explicit path is capped at 2^22 pairs (L = Lk = 2048,
+#: a 16 MB map per image kept for backward); above, only the fused path's memory is O(L).
 #: CUDA always takes the fused kernels.
-EXPLICIT_MIN_DIM, EXPLICIT_MAX_PAIRS = 64, 1 << 20
+EXPLICIT_MIN_DIM, EXPLICIT_MAX_PAIRS = 64, 1 << 22
 
 
 def _fused(query: torch.Tensor, key: torch.Tensor) -> bool:
@@ -159,10 +161,13 @@ class NonLocal(RecordsAttention, nn.Module):
         if self.mode == "concatenation":
             w_q, w_k = self.concat_project.to(query.dtype).chunk(2)
             return torch.relu((query @ w_q)[:, :, None] + (key @ w_k)[:, None, :]) / n_keys
-        logits = query @ key.transpose(1, 2)
         if self.mode == "dot_product":
-            return logits / n_keys
-        return (logits.float() * self.scale).softmax(dim=-1).to(logits.dtype)
+            return query @ key.transpose(1, 2) / n_keys
+        # the scale goes on the (Lq, D) queries, not on the (Lq, Lk) logits: one pass over L x Lk
+        # less each way, and none at all unscaled (the paper's default)
+        scale = self.scale
+        logits = (query if scale == 1 else query * scale) @ key.transpose(1, 2)
+        return logits.softmax(dim=-1, dtype=torch.float32).to(logits.dtype)
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """z = x + BN(W_z y): y (N, L, Ci) tokens; W_z as a matrix product on them (the 1x1 conv's

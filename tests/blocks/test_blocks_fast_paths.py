@@ -9,6 +9,7 @@ import torch
 
 from ctxlit.blocks import DEFAULT_QUERIES, LocalRelation, NonLocal, record_attention
 from ctxlit.bench.blocks import saved_tensor_bytes
+from ctxlit.blocks.non_local import EXPLICIT_MAX_PAIRS
 from blocks_cases import perturb, sample
 
 C = 64
@@ -41,12 +42,14 @@ def test_nl_fast_path_matches_explicit(mode, subsample, shape):
 @pytest.mark.parametrize("mode", ["embedded_gaussian", "gaussian", "dot_product"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_nl_fast_path_keeps_no_pairwise_matrix(mode, channels_last):
-    """SDPA's fused kernel (and theta(phi^T g)) save O(L) for backward, the explicit path O(L^2)."""
+    """SDPA's fused kernel (and theta(phi^T g)) save O(L) for backward, the explicit path O(L^2).
+    On CPU the fused kernel is taken above EXPLICIT_MAX_PAIRS (and for narrow heads)."""
     block = NonLocal(C, mode=mode)
-    x = sample(shape=(1, C, 40, 40)).requires_grad_(True)
+    side = int(EXPLICIT_MAX_PAIRS ** 0.25) + 1  # 46: L x L = 4.5M pairs, over the cap
+    x = sample(shape=(1, C, side, side)).requires_grad_(True)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    pairwise = 1600 * 1600 * 4  # 10 MB; x itself is 0.4 MB
+    pairwise = side ** 4 * 4  # 18 MB; x itself is 0.5 MB
     fast = saved_tensor_bytes(lambda: block(x), exclude=block)
     ref = saved_tensor_bytes(lambda: block._reference_forward(x), exclude=block)
     assert ref > pairwise
@@ -229,3 +232,15 @@ def test_lr_fused_backward_passes_gradcheck(phi, k, stride, size):
         return _LocalRelationFn.apply(q, keymap, x, prior, phi, k, stride, m)[0]
 
     assert torch.autograd.gradcheck(run, (q, keymap, x, prior))
+
+
+def test_nl_cpu_path_follows_the_measured_crossover():
+    """A segmentation head's Non-local (C = 512 -> head dim 256) runs explicitly up to 32x64 tokens,
+    where the explicit map was faster on CPU, and fused from there on (64x128 crops: 4.9x less
+    memory kept, and faster); narrow heads always fused."""
+    from ctxlit.blocks.non_local import _fused
+
+    tokens = lambda length, dim: torch.empty(1, length, dim)  # noqa: E731
+    assert not _fused(tokens(32 * 64, 256), tokens(32 * 64, 256))
+    assert _fused(tokens(48 * 64, 256), tokens(48 * 64, 256)) and _fused(tokens(64 * 128, 256), tokens(64 * 128, 256))
+    assert _fused(tokens(14 * 14, 32), tokens(14 * 14, 32))
