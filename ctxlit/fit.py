@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from ctxlit.errors import ConfigError, CtxlitError
 from ctxlit.preflight import config_files
+from ctxlit.utils.malloc import keep_freed_memory
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except CtxlitError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    keep_freed_memory()  # CPU steps reuse their buffers instead of faulting in fresh pages
     from ctxlit.cli import run_cli  # heavy imports after the environment is settled
 
     if given[:1] in (["-h"], ["--help"]):  # with_defaults makes it fit's help, with its defaults

@@ -53,6 +53,7 @@ from torch import nn
 
 from ctxlit.blocks import BLOCKS, LocalRelation, NonLocal, build_block, is_spatial_operator
 from ctxlit.utils.complexity import NOTE_NOT_COUNTED, count_flops, count_parameters
+from ctxlit.utils.malloc import keep_freed_memory
 
 MEMORY_NOTE = (
     "saved_bytes = tensors autograd keeps for backward in one forward (unique storages, "
@@ -364,8 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         batch, repeats, shapes = 2, 3, [(64, 28, 28)]
     device = torch.device(args.device)
+    allocator = keep_freed_memory()  # as in a fit: blocks and convs are timed in the process a run has
 
     print(f"device {device}, batch {batch}, repeats {repeats}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(allocator)
     print(f"time: {TIME_NOTE}\nmemory: {MEMORY_NOTE}\nflops: {NOTE_NOT_COUNTED}")
     print("\nblock cost next to a 3x3 conv of the same width (forward+backward, train mode)")
     print(_header(args))
@@ -381,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "batch_size": batch, "repeats": repeats,
         "shapes": [list(s) for s in shapes], "time_note": TIME_NOTE, "memory_note": MEMORY_NOTE, "flops_note": NOTE_NOT_COUNTED,
-        "options": {"channels_last": args.channels_last, "compile": args.compile, "baseline": args.baseline},
+        "malloc": allocator, "options": {"channels_last": args.channels_last, "compile": args.compile, "baseline": args.baseline},
         "blocks": blocks,
         "fast_paths": fast_paths,
     }

@@ -16,6 +16,7 @@ def test_quick_benchmark_writes_json(tmp_path, capsys):
     data = json.loads(path.read_text())
     assert data["device"] == "cpu" and data["batch_size"] == 2
     assert "saved_tensors_hooks" in data["memory_note"]
+    assert data["malloc"].startswith("malloc: ")  # the allocator a fit has (ctxlit.utils.malloc), said
     assert [r["block"] for r in data["blocks"]] == list(BLOCKS)
     for row in data["blocks"]:
         assert row["shape"] == [2, 64, 28, 28]
