@@ -209,6 +209,34 @@ def _logits_row_backward_(phi, grad_row, q, keys_row, grad_q, temp):
     grad_q.sub_(grad_row.sum(2))
 
 
+def _backward_by_rows(phi, weights, grad_y, dot, values, grad_values, q, keys, k, stride):
+    """Backward of aggregation, softmax and logits, one window row (k offsets) at a time, so no
+    k*k-sized buffer is allocated. Accumulates into grad_values (padded, or None: not needed).
+
+    weights (N, G, K, Ho, Wo) as saved; grid-shaped (Wg columns): grad_y (N, G, m, Ho, Wg),
+    dot (N, G, Ho, Wg), q (N, G, Ho, Wg); padded values (N, G, m, Hp, Wp), keys (N, G, Hp, Wp).
+    Returns grad q (grid), grad padded keys, grad prior (K, G).
+    """
+    n, g, m, ho, wg = grad_y.shape
+    wo = weights.shape[-1]
+    grad_q, grad_keys, grad_prior = torch.zeros_like(q), torch.zeros_like(keys), q.new_empty(k, k, g)
+    row = q.new_zeros(n, g, k, ho, wg)  # the row's weights, then its gradients; junk columns stay 0
+    scratch = q.new_empty(n, g, k, ho, wg)
+    product = q.new_empty(max(1, n // k), g, m, k, ho, wg)  # x-sized, or one image's k offsets
+    grad_values_rows = _window_rows(grad_values, k, stride, ho, wg) if grad_values is not None else [None] * k
+    for i, (values_row, grad_values_row, keys_row, grad_keys_row) in enumerate(zip(
+        _window_rows(values, k, stride, ho, wg), grad_values_rows,
+        _window_rows(keys, k, stride, ho, wg), _window_rows(grad_keys, k, stride, ho, wg),
+    )):
+        row[..., :wo] = weights[:, :, i * k : (i + 1) * k]
+        _aggregate_row_backward_(row, grad_y, dot, values_row, grad_values_row, product, scratch)
+        grad_prior[i] = row.sum((0, 3, 4)).t()
+        _logits_row_backward_(phi, row, q, keys_row, grad_q, scratch)
+        for view, d_o in zip(grad_keys_row.unbind(-3), row.unbind(2)):  # windows overlap
+            view.add_(d_o)
+    return grad_q, grad_keys, grad_prior.reshape(k * k, g)
+
+
 class _LocalRelationFn(torch.autograd.Function):
     """(q, key map, x, geometry prior) -> (y, w): logits, softmax and aggregation in one node.
 
@@ -248,26 +276,11 @@ class _LocalRelationFn(torch.autograd.Function):
         grad_y = _pad_cols(grad_y, wg).reshape(n, g, m, ho, wg)
         values, keys, q = _pad(x, r, hp).reshape(n, g, m, hp, wp), _pad(keymap, r, hp), _pad_cols(q, wg)
         grad_v = grad_y.new_zeros(values.shape) if ctx.needs_input_grad[2] else None  # in q's dtype
-        grad_q, grad_keys, grad_prior = torch.zeros_like(q), torch.zeros_like(keys), q.new_empty(k, k, g)
-        # one window row at a time: no k*k-sized buffer (junk columns of ``row`` stay 0)
-        row, temp = q.new_zeros(n, g, k, ho, wg), q.new_empty(n, g, k, ho, wg)
-        product = q.new_empty(max(1, n // k), g, m, k, ho, wg)  # x-sized, or one image's k offsets
-        grad_v_rows = _window_rows(grad_v, k, stride, ho, wg) if grad_v is not None else [None] * k
-        for i, (values_row, grad_v_row, keys_row, grad_keys_row) in enumerate(zip(
-            _window_rows(values, k, stride, ho, wg), grad_v_rows,
-            _window_rows(keys, k, stride, ho, wg), _window_rows(grad_keys, k, stride, ho, wg),
-        )):
-            row[..., :wo] = weights[:, :, i * k : (i + 1) * k]
-            _aggregate_row_backward_(row, grad_y, dot, values_row, grad_v_row, product, temp)
-            grad_prior[i] = row.sum((0, 3, 4)).t()
-            _logits_row_backward_(phi, row, q, keys_row, grad_q, temp)
-            for view, d_o in zip(grad_keys_row.unbind(-3), row.unbind(2)):  # windows overlap
-                view.add_(d_o)
+        grad_q, grad_keys, grad_prior = _backward_by_rows(phi, weights, grad_y, dot, values, grad_v, q, keys, k, stride)
         grad_x = None
         if grad_v is not None:
             grad_x = grad_v.reshape(n, c, hp, wp)[..., r : r + h, r:].to(x.dtype)
-        grad_keys = grad_keys[..., r : r + h, r:]
-        return grad_q[..., :wo], grad_keys, grad_x, grad_prior.reshape(k * k, g), None, None, None, None
+        return grad_q[..., :wo], grad_keys[..., r : r + h, r:], grad_x, grad_prior, None, None, None, None
 
 
 class LocalRelation(RecordsAttention, nn.Module):
