@@ -4,9 +4,10 @@ A CPU training step allocates and frees the same activation-sized buffers (0.1-3
 step. With glibc's defaults, buffers above its mmap threshold are mapped and unmapped each time
 and freed heap tops are returned to the OS, so every step touches fresh pages: a page fault
 per 4 KB. On a 2-core CPU the Selective Kernel block took 170-350 minor faults per step at
-4x64x28x28 (a 3x3 conv none) and measured 1.5-2.0x a conv; with the thresholds below, 40-60
-faults and 1.3-1.55x. The CUDA allocator caches for the same reason; jemalloc and tcmalloc
-(PyTorch's CPU performance guide) do it too.
+4x64x28x28; with the thresholds below, 40-60. With other jobs on the cores that was 1.62-2.21x
+a conv's time against 1.34-1.38x; on quiet cores 1.38-1.60x against 1.36-1.53x. The CUDA
+allocator caches for the same reason; jemalloc and tcmalloc (PyTorch's CPU performance
+guide) do it too.
 
 ``python -m ctxlit.fit`` and ``python -m ctxlit.bench blocks`` call :func:`keep_freed_memory`
 first. It changes nothing where the user already chose (``MALLOC_MMAP_THRESHOLD_`` or
