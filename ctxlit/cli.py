@@ -130,7 +130,7 @@ class CtxlitCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if self.start_notice:
+        if self.start_notice and logs_to_wandb(config.trainer.logger):
             print(self.start_notice, file=sys.stderr)
         preflight.check_ranges(config)
         if config.get("threads"):
@@ -233,6 +233,13 @@ def instantiate_module(class_type: type, config: dict):
         parser.add_class_arguments(class_type, "module", fail_untyped=False)
     cfg = parser.parse_object({"module": config})
     return parser.instantiate(plain_class_partials(cfg, "module")).module
+
+
+def logs_to_wandb(loggers) -> bool:
+    """Whether the parsed ``--trainer.logger`` (a Namespace, a list of them, or a bool) has a W&B
+    logger: the offline notice is only said to a run that logs there."""
+    return any(getattr(logger, "class_path", "").endswith(".WandbLogger")
+               for logger in (loggers if isinstance(loggers, list) else [loggers]))
 
 
 def place_loggers(loggers, run_dir: str | None, group: str | None, root: str | None = None) -> None:

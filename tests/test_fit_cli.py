@@ -452,6 +452,9 @@ def test_the_offline_line_comes_when_a_run_starts_not_before_a_parse_error(offli
     assert "W&B logs offline" not in err and "--trainer.max_epoch" in err
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert main([*TINY, "--trainer.max_steps=1", "--trainer.logger=false", "--checkpoint.dirpath=ck"]) == 0
+    assert "W&B logs offline" not in capsys.readouterr().err  # a run, but nothing goes to W&B
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert main([*TINY, "--trainer.max_steps=1", "--checkpoint.dirpath=ck2"]) == 0  # the config's CSV + W&B loggers
     err = capsys.readouterr().err
     assert err.count("[ctxlit] W&B logs offline (no W&B API key") == 1
 
