@@ -33,6 +33,7 @@ import torch
 from jsonargparse import Namespace
 from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 import ctxlit.blocks  # noqa: F401  (block classes resolvable by short name, e.g. GlobalContext)
@@ -238,8 +239,12 @@ def instantiate_module(class_type: type, config: dict):
 def logs_to_wandb(loggers) -> bool:
     """Whether the parsed ``--trainer.logger`` (a Namespace, a list of them, or a bool) has a W&B
     logger: the offline notice is only said to a run that logs there."""
-    return any(getattr(logger, "class_path", "").endswith(".WandbLogger")
-               for logger in (loggers if isinstance(loggers, list) else [loggers]))
+    return any(getattr(logger, "class_path", "").endswith(".WandbLogger") for logger in _as_list(loggers))
+
+
+def _as_list(loggers) -> list:
+    """``--trainer.logger`` as parsed (one Namespace, a list of them, or a bool) as a list."""
+    return loggers if isinstance(loggers, list) else [loggers]
 
 
 def place_loggers(loggers, run_dir: str | None, group: str | None, root: str | None = None) -> None:
@@ -247,9 +252,7 @@ def place_loggers(loggers, run_dir: str | None, group: str | None, root: str | N
     ``group``; see the module docstring. ``loggers`` is a Namespace, a list of them, or a bool.
     ``root`` (``--trainer.default_root_dir``) is where relative logger folders go when there is
     no ``run_dir``: Lightning applies it to checkpoints only, and the logs stayed in ./runs."""
-    if not isinstance(loggers, list):
-        loggers = [loggers]
-    for logger in loggers:
+    for logger in _as_list(loggers):
         class_path = getattr(logger, "class_path", "")
         args = getattr(logger, "init_args", None)
         if args is None:
@@ -277,8 +280,6 @@ def prepare_wandb_loggers(loggers) -> None:
       folder, which Lightning creates only later. Made here, after the model and data were
       built (a bad config has stopped by now), the commit of the repository it is in is logged.
     """
-    from pytorch_lightning.loggers import WandbLogger
-
     for logger in loggers:
         if not isinstance(logger, WandbLogger):
             continue

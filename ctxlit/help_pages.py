@@ -7,9 +7,11 @@ CLASS``, spelled ``--model.lr``. This page adds, for the classes named by the co
 flag before ``--help``), each option as ``--model.init_args.lr`` with the value this run would
 use as its default::
 
-    Options of the model, ctxlit.tasks.ClassificationTask (from the config; ...):
+    Options of the task, ctxlit.tasks.ClassificationTask (from the config; ...):
+      ...
       --model.init_args.lr LR
-                            peak learning rate. (type: float, default: 0.1)
+                            peak learning rate, reached after warmup. (type:
+                            float, default: 0.2)
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ SECTIONS = (("model", "task"), ("data", "data module"))
 
 class HelpWithClassOptions(argparse._HelpAction):
     """``-h/--help``: the parser's help, then :func:`class_options_help` of what was parsed so far
-    (the config inserted before ``--help``, and flags given before it)."""
+    (the config inserted before ``--help``, and flags given before it). A subclass of argparse's
+    own help action: jsonargparse looks that type up for the tip under an error."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         parser.print_help()
