@@ -53,9 +53,10 @@ from ctxlit.errors import ConfigError
 #: forward+backward with one thread (torch 2.14, a 2-core EPYC): with head dim 128 or 512 the
 #: explicit path took 0.6-0.8x the fused time for L = 64..1600 (parity at 3136); with head
 #: dim 32 it took 1.3-2x from L = 196 on. With head dim 256 (C = 512, a segmentation head)
-#: at batch 1, the fused path took 1.05-1.07x the explicit time at L = 1536 and 2048 and
-#: 0.83-0.90x from L = 3072 on, so the explicit path is capped at 2^22 pairs (L = Lk = 2048,
-#: a 16 MB map per image kept for backward); above, only the fused path's memory is O(L).
+#: at batch 1, the fused path took 1.02-1.08x the explicit time at L = 1536 and 2048 and
+#: 0.82-0.88x from L = 3072 on (at batch 2 and L = 2048 already 0.91x), so the explicit path
+#: is capped at 2^22 pairs (L = Lk = 2048, a 16 MB map per image kept for backward); above,
+#: only the fused path's memory is O(L).
 #: CUDA always takes the fused kernels.
 EXPLICIT_MIN_DIM, EXPLICIT_MAX_PAIRS = 64, 1 << 22
 
