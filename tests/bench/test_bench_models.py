@@ -4,7 +4,6 @@ backbone names and timm, timed side by side; tiny shapes so each test takes seco
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 import yaml
 
 from ctxlit.backbones import describe_plugins
+from ctxlit.bench.__main__ import main as bench_main
 from ctxlit.bench.models import (
     TIMM_MISSING, Settings, config_networks, main, measure_networks, preset_gpu_imagenet, resolve,
 )
@@ -75,6 +75,7 @@ def test_config_size_classes_and_baseline_by_label(tmp_path):
     assert rows[0]["train_ratio"] > 1  # 224x224 ResNet-10 (width 64) vs a width-8 one at 16x32
 
 
+@pytest.mark.slow  # ctxlit's CLI parses each configuration (seconds each)
 def test_sweep_file_gives_one_network_per_configuration(tmp_path):
     """Seeds and trainer keys do not make another network; blocks do, labelled by their values."""
     sweep = {
@@ -174,10 +175,11 @@ def test_channels_last_and_bf16_autocast_run_on_cpu(tmp_path):
     assert rows[0]["train_ms"]["median"] > 0 and rows[0]["saved_bytes"] > 0
 
 
-def test_command_line_entry_point_dispatches(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "ctxlit.bench", "models", "--help"], capture_output=True, text=True,
-                         cwd=REPO, timeout=120)
-    assert out.returncode == 0 and "timm:NAME" in out.stdout and "--preset" in out.stdout
+def test_command_line_entry_point_dispatches(capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench_main(["models", "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "timm:NAME" in out and "--preset" in out
 
 
 @pytest.mark.gpu
