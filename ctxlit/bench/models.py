@@ -180,13 +180,24 @@ def sweep_networks(path: Path, sweep: dict, num_classes: int | None = None) -> l
     varying = varying_keys(distinct)
     networks = []
     for params in distinct:
-        label = ", ".join(short(params[k]) for k in varying) or path.stem
+        label = ", ".join(short(_varying_init_args(params[k], [p[k] for p in distinct])) for k in varying) or path.stem
         try:
             cfg = trial_config(sweep, params)
         except SweepError as err:
             raise ConfigError(f"{path}: trial {params}: {err}") from None
         networks.append(network_from_config(cfg, label, f"{path} ({label})", num_classes))
     return networks
+
+
+def _varying_init_args(value: Any, values: list[Any]) -> Any:
+    """A class_path value without the init_args every value of its key shares (a label says
+    ``GlobalContext(fusion=mul)``, not the ratio all nine configurations have)."""
+    if not (isinstance(value, dict) and "class_path" in value):
+        return value
+    args = value.get("init_args") or {}
+    others = [v.get("init_args") or {} for v in values if isinstance(v, dict)]
+    kept = {k: v for k, v in args.items() if any(o.get(k) != v for o in others)}
+    return {**value, "init_args": kept}
 
 
 def config_networks(target: str, num_classes: int | None = None) -> list[Network]:

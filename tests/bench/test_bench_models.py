@@ -81,7 +81,9 @@ def test_sweep_file_gives_one_network_per_configuration(tmp_path):
     sweep = {
         "program": "ctxlit/fit.py", "method": "grid", "metric": {"name": "val/acc1", "goal": "maximize"},
         "parameters": {
-            "model.init_args.block": {"values": ["none", "se"]},
+            "model.init_args.block": {"values": ["none", "se", *(
+                {"class_path": "ctxlit.blocks.GlobalContext", "init_args": {"ratio": 0.25, "fusion": f}}
+                for f in ("add", "mul"))]},
             "seed_everything": {"values": [0, 1]},
             "trainer.max_epochs": {"value": 1},
         },
@@ -91,10 +93,13 @@ def test_sweep_file_gives_one_network_per_configuration(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     nets = config_networks(str(path))
-    assert [n.label for n in nets] == ["none", "se"]
+    # a block's label keeps only the options that vary (not the ratio all GC values share)
+    assert [n.label for n in nets] == ["none", "se", "GlobalContext(fusion=add)", "GlobalContext(fusion=mul)"]
     assert all(n.image_size == (16, 64) for n in nets)  # the default config's own shape
-    plain, se = (n.build() for n in nets)
+    plain, se, _, gc_mul = (n.build() for n in nets)
     assert not describe_plugins(plain) and {p.block for p in describe_plugins(se)} == {"se"}
+    assert {(p.module_class, p.options["fusion"], p.options["ratio"]) for p in describe_plugins(gc_mul)} == {
+        ("GlobalContext", "mul", 0.25)}
     assert plain.fc.out_features == se.fc.out_features == 4
 
 
