@@ -14,7 +14,7 @@ import yaml
 from ctxlit.backbones import describe_plugins
 from ctxlit.bench.__main__ import main as bench_main
 from ctxlit.bench.models import (
-    TIMM_MISSING, Settings, config_networks, main, measure_networks, preset_gpu_imagenet, resolve,
+    TIMM_MISSING, Settings, _pick_baseline, config_networks, main, measure_networks, preset_gpu_imagenet, resolve,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +52,8 @@ def test_wider_network_is_slower_and_its_ratios_are_printed_and_written(tmp_path
     assert wide_row["saved_bytes"] > 2 * rows["narrow"]["saved_bytes"] and wide_row["peak_bytes"] is None
     assert wide_row["input_shape"] == [2, 3, 32, 32]
     assert wide_row["train_images_per_s"] == pytest.approx(2 / wide_row["train_ms"]["median"] * 1e3)
+    for row in rows.values():  # forward + backward + step is several forwards' work
+        assert row["train_ms"]["median"] > 1.5 * row["infer_ms"]["median"]
     t = wide_row["train_ms"]
     assert t["min"] <= t["q1"] <= t["median"] <= t["q3"] <= t["max"]
     printed = capsys.readouterr().out
@@ -60,19 +62,24 @@ def test_wider_network_is_slower_and_its_ratios_are_printed_and_written(tmp_path
     assert "threads 1" in printed and "wrote" in printed
 
 
-def test_config_size_classes_and_baseline_by_label(tmp_path):
+def test_config_size_classes_and_baseline_by_position(tmp_path):
     """Without --size a config runs at its own image_size; its classes come from the data module;
-    --baseline picks the reference by label (a run folder is labelled by its name)."""
+    --baseline 2 makes the second network the reference (a run folder is labelled by its name)."""
     run = tmp_path / "version_3"
     experiment(run / "config.yaml", 8)
     nets = resolve(str(run))
     assert [n.label for n in nets] == ["version_3"] and nets[0].image_size == (16, 32)
     assert nets[0].build().fc.out_features == 4  # SyntheticContextDataModule's num_shapes default
     settings = Settings(batch=2, rounds=1, warmup=1)
-    rows = measure_networks(["resnet10", str(run)], settings, baseline="version_3")
+    rows = measure_networks(["resnet10", str(run)], settings, baseline=2)
     assert [r["input_shape"] for r in rows] == [[2, 3, 224, 224], [2, 3, 16, 32]]
     assert rows[1]["train_ratio"] == 1.0 and rows[0]["reference"] == "version_3"
     assert rows[0]["train_ratio"] > 1  # 224x224 ResNet-10 (width 64) vs a width-8 one at 16x32
+
+
+def test_baseline_is_a_label_or_a_one_based_position():
+    labels = ["none", "gc", "se"]
+    assert [_pick_baseline(labels, b) for b in (None, "gc", 3, "1")] == [0, 1, 2, 0]
 
 
 @pytest.mark.slow  # ctxlit's CLI parses each configuration (seconds each)
