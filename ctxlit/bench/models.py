@@ -43,6 +43,7 @@ import argparse
 import dataclasses
 import difflib
 import importlib
+import importlib.metadata
 import json
 import os
 import statistics
@@ -131,7 +132,8 @@ def _data_num_classes(cfg: dict) -> tuple[int | None, str]:
         datamodule = getattr(importlib.import_module(module), name)(**(data.get("init_args") or {}))
         return int(datamodule.num_classes), ""
     except (CtxlitError, OSError, TypeError, ValueError, AttributeError, ImportError) as err:
-        return None, f"data module not built ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        first_line = str(err).splitlines()[0].rstrip(": ") if str(err) else type(err).__name__
+        return None, f"data module not built: {first_line}"
 
 
 def network_from_config(cfg: dict, label: str, source: str, num_classes: int | None = None) -> Network:
@@ -460,7 +462,7 @@ def _add_ratios(rows: list[dict], networks: list[Network], baseline: int) -> Non
         reference = own_reference[row["network"]]
         reference = reference if reference in labels else labels[baseline]
         ref = by_key[(reference, row["variant"])]
-        row["reference"] = reference
+        row["reference"], row["is_baseline"] = reference, row["network"] == labels[baseline]
         row["train_ratio"] = row["train_ms"]["median"] / ref["train_ms"]["median"]
         row["infer_ratio"] = row["infer_ms"]["median"] / ref["infer_ms"]["median"]
         row["flop_ratio"] = row["gflops"] / ref["gflops"] if ref["gflops"] else None
@@ -582,6 +584,13 @@ def _header(settings: Settings, allocator: str) -> str:
     ])
 
 
+def _installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -613,8 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {"device": settings.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
                   **dataclasses.asdict(settings), "malloc": allocator, "time_note": TIME_NOTE,
                   "memory_note": MEMORY_NOTE, "flops_note": NOTE_NOT_COUNTED, "networks": rows}
-        if settings.device == "cuda":
-            result["device_name"] = torch.cuda.get_device_name(0)
+        result["device_name"] = torch.cuda.get_device_name(0) if settings.device == "cuda" else "cpu"
+        result["timm"] = _installed_version("timm")
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {path}")
     return 0
