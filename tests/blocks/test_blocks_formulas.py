@@ -6,8 +6,8 @@ code paths, so a block that computes something else than the paper (squeezes by 
 residual, pools over the wrong axis) fails here even where its shapes and gradients are fine.
 Every parameter and BN running statistic is randomised first (zero-initialised layers would hide
 whole terms) and blocks run in eval mode (BN by its running statistics, as written).
-(Non-local's and Selective Kernel's formula tests are in test_blocks_fast_paths.py and
-test_selective_kernel_fast_path.py.)
+(Selective Kernel's is in test_selective_kernel_fast_path.py, Non-local's scaled softmax in
+test_blocks_fast_paths.py.)
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-from ctxlit.blocks import GloRe, GlobalContext, LocalRelation, MixedPooling, SimplifiedNonLocal, SqueezeExcite, StripPooling
+from ctxlit.blocks import (
+    GloRe, GlobalContext, LocalRelation, MixedPooling, NonLocal, SimplifiedNonLocal, SqueezeExcite, StripPooling,
+)
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 
@@ -264,3 +266,38 @@ def test_lr_aggregates_each_window_by_softmax_of_appearance_plus_geometry(phi, s
             y[:, :, i, j] = (weights[..., None] * torch.stack(values)).sum(dim=0).reshape(n, c)
     expected = torch.einsum("oc,nchw->nohw", block.project.weight[:, :, 0, 0], y)
     torch.testing.assert_close(block(x), expected, **TOL)
+
+
+# --------------------------------------------------------------------------- Non-local
+
+
+@pytest.mark.parametrize("subsample", [False, True])
+@pytest.mark.parametrize("mode", ["embedded_gaussian", "gaussian", "dot_product", "concatenation"])
+def test_nl_pairwise_function_aggregation_and_residual(mode, subsample):
+    """Wang et al. 2018, eq. 1-6: y_i = sum_j f(x_i, x_j) g(x_j) / C(x) with f the mode's
+    pairwise function (softmax for the two Gaussian forms, / N_keys for dot product and
+    concatenation), keys and g 2x2 max-pooled with ``subsample``; z = x + BN(W_z y)."""
+    block = randomise(NonLocal(16, mode=mode, subsample=subsample))
+    n, c, h, w = 2, 16, 6, 8
+    x = sample(n, c, h, w)
+    theta, phi = (x, x) if mode == "gaussian" else (conv(x, block.theta), conv(x, block.phi))
+    g = conv(x, block.g)
+    if subsample:
+        def maxpool(t):
+            return t.reshape(n, t.shape[1], h // 2, 2, w // 2, 2).amax(dim=(3, 5))
+        phi, g = maxpool(phi), maxpool(g)
+    queries = theta.flatten(2).transpose(1, 2)  # (N, L, D)
+    keys = phi.flatten(2)  # (N, D, Lk)
+    values = g.flatten(2).transpose(1, 2)  # (N, Lk, Ci)
+    n_keys = keys.shape[2]
+    if mode in ("embedded_gaussian", "gaussian"):
+        logits = queries @ keys
+        f = torch.exp(logits - logits.amax(dim=2, keepdim=True))
+        f = f / f.sum(dim=2, keepdim=True)  # e^{theta_i . phi_j} / sum_j e^{theta_i . phi_j}
+    elif mode == "dot_product":
+        f = queries @ keys / n_keys
+    else:
+        w_theta, w_phi = block.concat_project[:block.inter], block.concat_project[block.inter:]
+        f = torch.relu((queries @ w_theta)[:, :, None] + (w_phi @ keys)[:, None, :]) / n_keys
+    y = (f @ values).transpose(1, 2).reshape(n, block.inter, h, w)
+    torch.testing.assert_close(block(x), x + batchnorm(conv(y, block.out), block.bn), **TOL)
