@@ -278,6 +278,8 @@ PRESETS = {"gpu-imagenet": preset_gpu_imagenet}
 
 @dataclasses.dataclass
 class Settings:
+    """How every network is measured (the command line's options)."""
+
     batch: int = 32
     size: tuple[int, int] | None = None
     rounds: int = 10
