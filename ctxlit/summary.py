@@ -117,10 +117,17 @@ def load_experiment(path: str) -> tuple[str, dict[str, Any], list[dict[str, Any]
         raise ConfigError(f"experiment config not found: {path}")
     with open(path) as f:
         cfg = yaml.safe_load(f) or {}
+    return experiment_from_config(cfg, path)
+
+
+def experiment_from_config(cfg: dict[str, Any], source: str) -> tuple[str, dict[str, Any], list[PluginSpec], Any]:
+    """:func:`load_experiment` for a config already read (``source`` names it in errors)."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{source}: a config is a mapping with model: and data:, not a {type(cfg).__name__}")
     model = cfg.get("model") or {}
     init_args = model.get("init_args", model) if isinstance(model, dict) else {}
     if "backbone" not in init_args:
-        raise ConfigError(f"{path}: no model.init_args.backbone (is it a ctxlit experiment config?)")
+        raise ConfigError(f"{source}: no model.init_args.backbone (is it a ctxlit experiment config?)")
     data = ((cfg.get("data") or {}).get("init_args") or {}) if isinstance(cfg.get("data"), dict) else {}
     size = data.get("image_size") or data.get("crop_size")
     if isinstance(size, (list, tuple)):

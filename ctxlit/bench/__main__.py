@@ -1,4 +1,4 @@
-"""``python -m ctxlit.bench {blocks,data,startup} [options]``: dispatch to one benchmark."""
+"""``python -m ctxlit.bench {blocks,data,models,startup} [options]``: dispatch to one benchmark."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 COMMANDS = {
     "blocks": "ctxlit.bench.blocks",  # block cost vs a plain 3x3 conv; NL SDPA; LR no-unfold
     "data": "ctxlit.bench.data",  # input pipelines' images/s vs a PIL reference
+    "models": "ctxlit.bench.models",  # whole networks' training and inference steps vs a baseline network
     "startup": "ctxlit.bench.startup",  # fixed CPU cost of --help, --print_config, a 1-step fit
 }
 
