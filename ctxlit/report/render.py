@@ -80,7 +80,7 @@ def table(study: Study) -> tuple[list[str], list[list[str]]]:
     header += ["params (M)", "GFLOPs"]
     measured = bool(study.costs)
     if measured:
-        header += ["train step × baseline", "inference × baseline", "peak memory × baseline"]
+        header += ["train step × baseline", "inference × baseline", "activations × baseline"]
     header.append("images/s as trained (load-dependent)")
     rows = []
     for group in study.groups:
@@ -157,15 +157,21 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(md(c) for c in row) + " |" for row in rows] + [""]
 
 
+def answers_markdown(study: Study) -> str:
+    """The answers table and its notes as Markdown ('' when the study has none)."""
+    header, rows = answers_table(study)
+    if not rows:
+        return ""
+    return "\n".join(["**Answers**\n", *_md_table(header, rows), *[f"- {md(line)}" for line in answer_notes(study)], ""])
+
+
 def markdown(studies: list[Study]) -> str:
     out = []
     for study in studies:
         out.append(f"### {md(study.task)}: {md(study.metric or '(no metric)')}\n")
-        header, rows = answers_table(study)
-        if rows:
-            out.append("**Answers**\n")
-            out += _md_table(header, rows)
-            out += [f"- {md(line)}" for line in answer_notes(study)] + [""]
+        answers = answers_markdown(study)
+        if answers:
+            out.append(answers)
         if study.groups:
             out += _md_table(*table(study))
             out += [f"- {md(line)}" for line in notes(study)] + [""]
