@@ -49,7 +49,9 @@ def measure_groups(study: Study, batch: int = BATCH, size: tuple[int, int] | Non
     if len(rows) != len(order):
         raise ReportError(f"--cost: {len(order)} networks asked for, {len(rows)} measured")
     by_group = dict(zip(map(id, order), rows))
-    how = (f"batch {batch} at {'each config’s own input size' if size is None else f'{size[0]}x{size[1]}'}, "
+    shapes = sorted({"x".join(map(str, r["input_shape"])) for r in rows})
+    how = (f"input {', '.join(shapes)} (batch x channels x height x width"
+           f"{', each config’s own image size' if size is None else ''}), "
            f"{ROUNDS} interleaved rounds after {WARMUP} warm-up steps, CPU time of one process "
            f"(python -m ctxlit.bench models); ratios to the group's baseline.")
     for group in study.groups:

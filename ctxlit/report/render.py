@@ -95,10 +95,11 @@ def table(study: Study) -> tuple[list[str], list[list[str]]]:
             delta = study.delta(group)
             cells.append("baseline" if study.is_baseline(group) else
                          "" if delta is None else f"{delta.mean:+.4f}" + ("" if delta.se is None else f" ± {delta.se:.4f}"))
-        params, flops = group.cost("params"), group.cost("flops")
+        cost = study.costs.get(id(group), {})
+        params = cost.get("params", group.cost("params"))  # measured here (--cost), else the run's summary
+        flops = cost["gflops"] * 1e9 if "gflops" in cost else group.cost("flops")
         cells += [_num(params and params / 1e6, 3), _num(flops and flops / 1e9, 4)]
         if measured:
-            cost = study.costs.get(id(group), {})
             cells += [_num(cost.get(k), 2) for k in ("train_ratio", "inference_ratio", "memory_ratio")]
         cells.append(_num(group.cost("images_per_sec"), 0))
         rows.append(cells)

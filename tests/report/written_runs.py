@@ -12,6 +12,7 @@ import yaml
 from ctxlit import runs
 
 METRIC = "val/acc1"
+DEFAULT = Path(__file__).parents[2] / "experiments" / "synthetic" / "default.yaml"
 GRID = {"pooling": ("att", "avg"), "fusion": ("add", "mul"), "layernorm": (True, False)}
 #: The truth of the planted study: layernorm on +0.05, fusion add +0.04 only with layernorm on
 #: (so fusion's main effect is +0.02, layernorm's +0.07, their interaction +0.04), pooling none.
@@ -27,9 +28,12 @@ def block(pooling, fusion, layernorm) -> dict:
 
 
 def config(block_value, seed: int, max_epochs: int = 5, **extra) -> dict:
-    model = {"class_path": "ctxlit.tasks.ClassificationTask", "init_args": {"block": block_value, "lr": 0.1, **extra}}
-    return {"seed_everything": seed, "model": model, "trainer": {"max_epochs": max_epochs},
-            "data": {"class_path": "ctxlit.data.SyntheticDataModule", "init_args": {"num_images": 8192}}}
+    """The synthetic default experiment's config with this block, seed, budget and model options."""
+    cfg = yaml.safe_load(DEFAULT.read_text())
+    cfg["seed_everything"] = seed
+    cfg["trainer"]["max_epochs"] = max_epochs
+    cfg["model"]["init_args"].update(block=block_value, **extra)
+    return cfg
 
 
 def write_run(folder: Path, cfg: dict, value: float | None, status: str = "finished", **summary) -> Path:
