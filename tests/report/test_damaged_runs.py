@@ -152,3 +152,35 @@ def test_an_output_on_a_read_only_filesystem_is_one_error(two_groups, tmp_path, 
         if mounted:
             subprocess.run(["umount", str(target)], check=True)
     shutil.rmtree(tmp_path / "ro", ignore_errors=True)
+
+
+def test_a_nested_option_one_group_sets_is_a_column_so_rows_differ(tmp_path, capsys):
+    for seed in range(2):
+        write_run(tmp_path / f"default-{seed}", config("none", seed), 0.40)
+        cfg = config("none", seed)
+        cfg["model"]["init_args"]["backbone_options"]["norm_layer"] = "groupnorm"  # the default run sets none
+        write_run(tmp_path / f"groupnorm-{seed}", cfg, 0.42)
+    assert main([str(tmp_path), "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| model.init_args.backbone_options.norm_layer |"))
+    rows = [line for line in out.splitlines() if line.startswith(("| (unset) |", "| groupnorm |"))]
+    assert header and len(rows) == 2, out
+    # two no-block groups that differ in more than a block: neither is the other's baseline
+    assert "Δ vs baseline" not in header and "no Δ" not in out
+
+
+def test_test_metrics_and_provenance_are_shown_beside_the_results(tmp_path, capsys):
+    record = {"ctxlit": "0.4.0", "git_commit": "abc1234", "torch": "2.5.1", "torchvision": "0.20.1",
+              "pytorch_lightning": "2.4.0", "device": "cpu"}
+    for seed in range(2):
+        folder = write_run(tmp_path / f"gc-{seed}", config(block("att", "add", True), seed), 0.5, provenance=record)
+        runs.write_test_metrics(folder, {"checkpoint": str(folder / "checkpoints" / "best.ckpt"),
+                                         "metrics": {"test/acc1": 0.40 + 0.02 * seed}})
+        write_run(tmp_path / f"none-{seed}", config("none", seed), 0.4)  # made before provenance existed
+    assert main([str(tmp_path), "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| model.init_args.block |"))
+    gc = next(line for line in out.splitlines() if line.startswith("| GlobalContext |"))
+    assert "test/acc1 mean ± std" in header and "| 0.4100 ± 0.0141 (n=2) |" in gc
+    assert "| GlobalContext | 0.4.0 | abc1234 | 2.5.1 | 0.20.1 | 2.4.0 | cpu |" in out
+    assert "| none | unknown | unknown | unknown | unknown | unknown | unknown |" in out
