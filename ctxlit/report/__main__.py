@@ -25,12 +25,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cost", action="store_true",
                    help="measure each group's network side by side on this machine's CPU (ctxlit.bench.models) "
                         "and show train/inference step time and peak memory as ratios to the baseline")
+    p.add_argument("--cost-batch", type=int, default=8, metavar="N", help="with --cost: the batch measured (default 8)")
+    p.add_argument("--cost-size", type=image_size, metavar="HxW",
+                   help="with --cost: the input size measured (default: each config's own image size)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="build the W&B report and workspace of these runs")
     p.add_argument("--sweep", help="with --wandb: the runs of this sweep id")
     p.add_argument("--group", help="with --wandb: the runs of this W&B group (a sweep run here: its name)")
     p.add_argument("--spec", help="with --wandb: where the offline spec goes (default wandb-report.json)")
     p.add_argument("--publish", metavar="SPEC", help="save a spec that --wandb wrote offline to W&B")
     return p
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``HxW`` (``64x64``) as (H, W); argparse turns the ValueError into one usage error."""
+    height, _, width = text.lower().partition("x")
+    if not (height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give HEIGHTxWIDTH in pixels, e.g. 64x64")
+    return int(height), int(width)
 
 
 def check_writable(path: Path, option: str) -> None:
@@ -66,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             check_writable(spec, "--spec")
             return publish(args.wandb, sweep=args.sweep, group=args.group, runs=args.runs, metric=args.metric,
                            title=args.title, spec_path=spec)
+        if args.cost_batch < 1:
+            raise ReportError(f"--cost-batch {args.cost_batch}: give a batch of 1 or more")
         if args.sweep or args.group:
             raise ReportError("--sweep and --group choose runs on W&B: give them with --wandb ENTITY/PROJECT")
         output = Path(args.output) if args.output else (Path("report.html") if args.format == "html" else None)
@@ -76,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             from ctxlit.report.cost import measure_groups
 
             for study in studies:
-                measure_groups(study)
+                measure_groups(study, batch=args.cost_batch, size=args.cost_size)
         if args.format == "md":
             from ctxlit.report.render import markdown
 

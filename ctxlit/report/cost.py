@@ -51,7 +51,7 @@ def measure_groups(study: Study, batch: int = BATCH, size: tuple[int, int] | Non
     by_group = dict(zip(map(id, order), rows))
     shapes = sorted({"x".join(map(str, r["input_shape"])) for r in rows})
     how = (f"input {', '.join(shapes)} (batch x channels x height x width"
-           f"{', each config’s own image size' if size is None else ''}), "
+           f"{', each config’s own image size' if size is None else ', --cost-size'}), "
            f"{ROUNDS} interleaved rounds after {WARMUP} warm-up steps, CPU time of one process "
            f"(python -m ctxlit.bench models); ratios to the group's baseline.")
     for group in study.groups:
