@@ -148,7 +148,7 @@ def effects_plot(study: Study) -> bytes | None:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(effects) + 1.3))
     for i, effect in enumerate(effects):
-        color = {"helps": "tab:green", "hurts": "tab:red"}.get(effect.verdict, "tab:gray")
+        color = {"helps": "tab:green", "hurts": "tab:red", "interacts": "tab:blue"}.get(effect.verdict.split(":")[0], "tab:gray")
         if effect.units:
             spread = [i + 0.3 * (k / max(1, len(effect.units) - 1) - 0.5) for k in range(len(effect.units))]
             ax.scatter(effect.units, spread, s=8, color=color, alpha=0.45, zorder=2)
