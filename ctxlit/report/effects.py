@@ -47,6 +47,7 @@ from scipy import stats
 
 from ctxlit.report.runs import UNSET, Group, cell, differences, shown_knobs
 from ctxlit.report.study import Study
+from ctxlit.runs import Status
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -184,7 +185,7 @@ def _contrast(weights: list[tuple[Group, float]], units_of: list[list[tuple[Grou
               goal: str, knob: str, kind: str, levels: tuple[str, str], rng) -> Effect | None:
     """The effect ``sum w * group mean``. ``units_of``: the matched sets (each a list of
     (group, weight) whose weighted sum is one unit's contrast), used when the seeds pair."""
-    by_seed = {id(g): g.values_by_seed(metric) for g, _ in weights}
+    by_seed = {id(g): g.values_by_seed(metric, finished_only=True) for g, _ in weights}
     seed_sets = {frozenset(by_seed[id(g)]) for g, _ in weights}
     reference = [v for g, w in weights if w < 0 for v in by_seed[id(g)].values()]
     tested = [v for g, w in weights if w > 0 for v in by_seed[id(g)].values()]
@@ -263,6 +264,10 @@ def _welch_contrast(samples: list[np.ndarray], w: np.ndarray) -> tuple[float | N
 def answer(study: Study) -> Answers:
     rng = np.random.default_rng(SEED)
     kept, left_out = _kept(study)
+    stopped = [str(r.dir) for g in kept for r in g.runs if r.folder.status is not Status.FINISHED]
+    if stopped:
+        left_out.append(f"{len(stopped)} run(s) stopped early by hyperband (their budget was cut): "
+                        f"{', '.join(stopped)}")
     baselines = [g for g in kept if g.is_baseline]
     cells = [g for g in kept if not g.is_baseline]
     factors = _factors(cells)

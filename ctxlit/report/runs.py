@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctxlit import runs as run_folders
-from ctxlit.runs import RunFolder, finite
+from ctxlit.runs import RunFolder, Status, finite
 
 
 class ReportError(Exception):
@@ -209,10 +209,13 @@ class Group:
     def final(self, metric: str) -> Stats:
         return Stats.of([r.final(metric) for r in self.runs])
 
-    def values_by_seed(self, metric: str) -> dict:
-        """{seed: final value}; a seed run twice keeps its first run (runs are in seed order)."""
+    def values_by_seed(self, metric: str, finished_only: bool = False) -> dict:
+        """{seed: final value}; a seed run twice keeps its first run (runs are in seed order).
+        ``finished_only``: leave out runs hyperband stopped (their budget was cut)."""
         values: dict = {}
         for run in self.runs:
+            if finished_only and run.folder.status is not Status.FINISHED:
+                continue
             value = run.final(metric)
             if value is not None:
                 values.setdefault(json.dumps(run.seed, default=str), value)

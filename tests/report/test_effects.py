@@ -77,7 +77,11 @@ def test_runs_with_another_budget_or_data_never_enter_an_effect(planted, tmp_pat
     shutil.copytree(planted, tmp_path / "study")
     for seed in range(5):  # a short re-run of one cell: another budget, and far off
         write_run(tmp_path / "study" / f"short-seed{seed}", config(block("att", "add", True), seed, max_epochs=2), 0.0)
+    stopped = write_run(tmp_path / "study" / "stopped-seed9", config(block("att", "add", True), 9), 0.99)
+    runs.write_trial(stopped, {"status": "stopped"})  # hyperband cut its budget: a result, not an effect's
     study, effects = answers(tmp_path / "study")
+    assert any(stopped in [r.dir for r in g.runs] for g in study.groups)
+    assert any(line.startswith("1 run(s) stopped early by hyperband") for line in study.answers.left_out)
     _, reference = answers(planted)
     assert {k: e.delta for k, e in effects.items()} == pytest.approx({k: e.delta for k, e in reference.items()})
     assert any("trainer.max_epochs: 2 vs 5" in line for line in study.answers.left_out)
