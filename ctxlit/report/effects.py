@@ -2,7 +2,8 @@
 of improvement, a Holm-adjusted p-value and a verdict in plain words (on ``scipy.stats``).
 
 Design. The groups that enter are results with the study's most common budget and data
-(``trainer.max_epochs``/``max_steps``/..., ``data.*``); the others are listed as left out.
+(``trainer.max_epochs``/``max_steps``/..., ``data.*``), and of them only finished runs (a run
+hyperband stopped had its budget cut); the others are listed as left out.
 
 - *Factorial grid*: the groups with a block vary in two or more knobs and hold every combination
   of their levels once (GCNet: pooling x fusion x layernorm, inside the block's ``init_args``).
