@@ -64,7 +64,8 @@ def answer_notes(study: Study) -> list[str]:
              f"{len(answers.effects)} contrast(s) of this study."]
     if answers.noise_floor is not None:
         lines.append(f"Noise floor: the baseline's {study.metric} varies by {answers.noise_floor:.4f} (std over "
-                     f"{answers.noise_n} seeds).")
+                     f"{answers.noise_n} seeds); a paired answer compares runs of one seed, so the part of that spread "
+                     f"every group shares cancels.")
     lines += [f"Left out of the answers: {line}" for line in answers.left_out]
     return lines
 
