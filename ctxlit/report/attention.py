@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ctxlit.report.figures import png  # noqa: E402
+from ctxlit.report.figures import plain_text, png  # noqa: E402
 from ctxlit.report.runs import Group, Run  # noqa: E402
 from ctxlit.report.study import Study  # noqa: E402
 
@@ -52,13 +52,9 @@ def latest_maps(run: Run) -> dict | None:
 
 
 def run_checkpoint(run: Run) -> Path | None:
-    """``checkpoints/last.ckpt`` in the run folder, else the one its summary names (relative to the
-    folder the run was started in, the working directory, or absolute)."""
-    candidates = [run.dir / "checkpoints" / "last.ckpt"]
-    named = run.summary.get("last_checkpoint")
-    if named:
-        candidates += [Path(named), Path.cwd() / named]
-    return next((path for path in candidates if path.is_file()), None)
+    """The run's ``checkpoints/last.ckpt`` (:attr:`ctxlit.runs.RunFolder.last_checkpoint`): never a
+    path outside the run folder, whatever its summary names."""
+    return run.folder.last_checkpoint
 
 
 def _group_maps(group: Group) -> dict | None:
@@ -89,6 +85,7 @@ def _show_image(ax, image) -> None:
     ax.imshow(((image - low) / (high - low + 1e-12)).permute(1, 2, 0).numpy(), interpolation="nearest")
 
 
+@plain_text
 def context_maps(records: list[tuple[Group, dict]]) -> tuple[bytes, str] | None:
     rows = []
     for group, record in records:
@@ -133,6 +130,7 @@ def context_maps(records: list[tuple[Group, dict]]) -> tuple[bytes, str] | None:
     return png(fig), caption
 
 
+@plain_text
 def sk_branch_weights(records: list[tuple[Group, dict]]) -> tuple[bytes, str] | None:
     """Mean branch weight per stage (over images, channels and the stage's SK convs)."""
     series = []

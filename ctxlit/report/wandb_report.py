@@ -2,7 +2,9 @@
 study's W&B Report and saved workspace view, built with ``wandb-workspaces`` (W&B's library for
 reports and workspaces as code).
 
-Both hold a runs table of the ablation (its knobs and the metric as pinned columns), parallel
+Both open with the study's answers (the table of ``--format md``: each knob's effect, its
+interval, P(better), p_adj and verdict; a Markdown block in the report, a Markdown panel in the
+workspace) when local RUNS are given, then a runs table of the ablation (its knobs and the metric as pinned columns), parallel
 coordinates of the knobs against the metric, a bar chart grouped by configuration with seeds
 aggregated (mean, std band), a scatter of the metric against GFLOPs (``model/flops``, which
 every run logs to its config) and media panels of the attention maps (``attention``). The
@@ -45,14 +47,18 @@ def _wandb_objects():
     return wr, ws
 
 
-def knobs_and_metric(runs: list[str], metric: str | None) -> tuple[list[str], str]:
+def knobs_metric_and_answers(runs: list[str], metric: str | None) -> tuple[list[str], str, str]:
+    """The varying knobs, the metric and the answers table (Markdown, as ``--format md`` has it)
+    of the local runs; without runs, no knobs and no answers."""
     if not runs:
-        return [], metric or "val/acc1"
+        return [], metric or "val/acc1", ""
     studies = build_studies(find_runs(runs), metric)
     if len(studies) > 1:
         raise ReportError(f"the runs hold {len(studies)} tasks ({', '.join(s.task for s in studies)}): "
                           f"one W&B report per task, give one task's runs")
-    return studies[0].knobs, studies[0].metric
+    from ctxlit.report.render import answers_markdown
+
+    return studies[0].knobs, studies[0].metric, answers_markdown(studies[0])
 
 
 def build(target: str, sweep: str | None = None, group: str | None = None, runs: list[str] | None = None,
@@ -64,10 +70,11 @@ def build(target: str, sweep: str | None = None, group: str | None = None, runs:
         raise ReportError("give --sweep or --group, not both")
     entity, project = target.split("/")
     wr, ws = _wandb_objects()
-    knobs, metric = knobs_and_metric(runs or [], metric)
+    knobs, metric, answers = knobs_metric_and_answers(runs or [], metric)
     chosen = f"Sweep = '{sweep}'" if sweep else f"Group = '{group}'" if group else ""
     config_keys = [wr.Config(k) for k in knobs]
-    panels = [
+    panels = [wr.MarkdownPanel(markdown=answers)] if answers else []
+    panels += [
         wr.ParallelCoordinatesPlot(title=f"knobs against {metric}", columns=[
             *[wr.ParallelCoordinatesPlotColumn(metric=c) for c in config_keys],
             wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(metric))]),
@@ -84,7 +91,8 @@ def build(target: str, sweep: str | None = None, group: str | None = None, runs:
     report = wr.Report(entity=entity, project=project, title=title, description=(
         f"{metric} of {'sweep ' + sweep if sweep else 'group ' + group if group else project}: knobs "
         f"{', '.join(knobs) or '(none given)'}; runs differing only in seed aggregated."),
-        blocks=[wr.H1(title), wr.PanelGrid(runsets=[runset], panels=panels)])
+        blocks=[wr.H1(title), *([wr.MarkdownBlock(text=answers)] if answers else []),
+                wr.PanelGrid(runsets=[runset], panels=panels)])
     workspace = ws.Workspace(entity=entity, project=project, name=title,
                              sections=[ws.Section(name=title, panels=panels, is_open=True)],
                              runset_settings=ws.RunsetSettings(filters=chosen, pinned_columns=columns,

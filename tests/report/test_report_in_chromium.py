@@ -45,7 +45,8 @@ def test_report_opens_offline_with_no_console_errors_and_every_image_loaded(stud
     widths = browser.execute_script(
         "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
     assert len(widths) >= 5 and all(w > 0 for w in widths), widths
-    assert browser.execute_script("return document.querySelectorAll('table tr').length") == 3  # header + 2 groups
+    assert browser.execute_script("return document.querySelectorAll('table.groups tr').length") == 3  # header + 2
+    assert browser.execute_script("return document.querySelector('table').className") == "answers"  # it opens with them
     shot = np.asarray(Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB"))
     assert shot.shape[0] > 500 and shot.std() > 10  # not a blank page
     assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 100  # text, plots, colours

@@ -52,13 +52,17 @@ def test_offline_writes_the_spec_with_the_expected_panels(study_runs, tmp_path, 
     report, workspace = spec["report"], spec["workspace"]
     assert (report["entity"], report["project"]) == ("me", "ctxlit")
     grid = next(b for b in report["blocks"] if b["__type__"].endswith(":PanelGrid"))
-    expected = ["ParallelCoordinatesPlot", "BarPlot", "ScatterPlot", "MediaBrowser", "LinePlot"]
+    expected = ["MarkdownPanel", "ParallelCoordinatesPlot", "BarPlot", "ScatterPlot", "MediaBrowser", "LinePlot"]
+    (answers,) = [b["text"] for b in report["blocks"] if b["__type__"].endswith(":MarkdownBlock")]
+    assert "| question | effect on val/acc1 | 95% CI | P(better) | p_adj | n | verdict |" in answers
+    assert "| GlobalContext vs none |" in answers
+    assert grid["panels"][0]["markdown"] == answers
     assert panel_types(grid["panels"]) == expected
     assert panel_types(workspace["sections"][0]["panels"]) == expected
     runset = grid["runsets"][0]
     assert runset["filters"] == "Group = 'tiny'" and runset["groupby"] == [f"config.{k}" for k in KNOBS]
     assert runset["pinned_columns"] == ["config:model.init_args.block", "summary:val/acc1", "config:model/flops"]
-    parallel, bars, scatter, media, _ = grid["panels"]
+    _, parallel, bars, scatter, media, _ = grid["panels"]
     assert [c["metric"]["name"] for c in parallel["columns"]] == [*KNOBS, "val/acc1"]
     assert parallel["columns"][-1]["metric"]["__type__"].endswith(":SummaryMetric")
     assert bars["metrics"] == ["val/acc1"] and bars["groupby"]["name"] == KNOBS[0]
