@@ -221,6 +221,27 @@ def test_extending_max_epochs_on_resume_follows_the_new_schedule_from_its_first_
     assert _lr_at(tmp_path / "resumed", first) > 0.05
 
 
+def test_an_allowed_lr_change_on_resume_is_the_lr_the_resumed_steps_use(trained, tmp_path, monkeypatch, capsys):
+    """--resume.allow_changed=[lr] with half the lr: every resumed step's logged lr is half the
+    one of the same resume without the change (the schedule is rebuilt from the new base)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    flags = [*TINY, "--model.init_args.block=none", "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1",
+             f"--ckpt_path={trained['last']}"]
+    monkeypatch.setenv("CTXLIT_RUN_DIR", str(tmp_path / "same"))
+    assert main(flags) == 0
+    assert "[ctxlit] resume: the schedule" not in capsys.readouterr().err
+    monkeypatch.setenv("CTXLIT_RUN_DIR", str(tmp_path / "halved"))
+    assert main([*flags, "--model.init_args.lr=0.1", "--resume.allow_changed=[lr]"]) == 0
+    assert "[ctxlit] resume: the schedule restarts from this run's learning rate (0.2 -> 0.1" in capsys.readouterr().err
+    first = torch.load(trained["last"], weights_only=True)["global_step"]
+    for step in range(first, first + 4):
+        assert _lr_at(tmp_path / "halved", step) == pytest.approx(_lr_at(tmp_path / "same", step) / 2)
+    assert _lr_at(tmp_path / "same", first) > 0.05
+    resumed = torch.load(tmp_path / "halved" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["lr_schedulers"][0]["base_lrs"] == [0.1] * len(resumed["lr_schedulers"][0]["base_lrs"])
+
+
 def test_default_root_dir_holds_the_logs_too(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("CTXLIT_RUN_DIR", raising=False)
