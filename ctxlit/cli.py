@@ -138,8 +138,12 @@ class CtxlitCLI(LightningCLI):
             torch.set_num_threads(config.threads)
         run_dir = os.environ.get("CTXLIT_RUN_DIR")
         preflight.check_writable("CTXLIT_RUN_DIR", run_dir)
+        preflight.check_writable("--trainer.default_root_dir", config.trainer.get("default_root_dir"))
         if config.get("checkpoint") is not None:
             preflight.check_writable("--checkpoint.dirpath", config.checkpoint.get("dirpath"))
+        if self.subcommand == "predict" and config.get("predictions") is not None:
+            task = pydoc.locate(config.model.class_path)
+            preflight.check_prediction_path(config.predictions.get("path"), getattr(task, "predicts", "probabilities"))
         place_loggers(config.trainer.logger, run_dir, os.environ.get("WANDB_RUN_GROUP"), config.trainer.get("default_root_dir"))
 
     def instantiate_classes(self) -> None:

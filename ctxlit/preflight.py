@@ -5,7 +5,7 @@ folder or W&B run exists, so a bad input is one ``error:`` line and exit 2 with 
 - ``--ckpt_path``: a readable Lightning checkpoint (:func:`read_checkpoint`);
 - resume keeps the model it resumes (:func:`resume_changes`): a command line that changes the
   checkpoint's model options is refused unless ``--resume.allow_changed`` names the keys;
-- output folders that can be written (:func:`check_writable`).
+- output folders that can be written (:func:`check_writable`, :func:`check_prediction_path`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,7 +68,8 @@ def check_ranges(config) -> None:
 
 def check_writable(option: str, path: str | os.PathLike | None) -> None:
     """The folder ``path`` exists and is writable, or can be made: its nearest existing
-    ancestor is a writable folder."""
+    ancestor is a folder in which a file can be created. Tried, not read from the mode bits:
+    root may write anywhere the bits forbid, but not on a read-only filesystem."""
     if not path:
         return
     folder = Path(path).absolute()
@@ -76,8 +78,29 @@ def check_writable(option: str, path: str | os.PathLike | None) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise ConfigError(f"{option} {path}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: {ancestor} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{option} {path}: {ancestor} is not writable ({err.strerror or err})") from None
+
+
+def check_prediction_path(path: str | os.PathLike | None, predicts: str) -> None:
+    """``--predictions.path`` can take what ``predict`` writes there (see
+    :class:`ctxlit.tasks.predictions.PredictionWriter`): for ``"probabilities"`` one CSV file (not
+    a folder in a writable one), for ``"label_maps"`` a folder of PNGs."""
+    if not path:
+        return
+    target = Path(path)
+    if predicts == "label_maps":
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"--predictions.path {path}: a file; segmentation writes a folder of PNGs there")
+        check_writable("--predictions.path", target)
+        return
+    if target.is_dir():
+        raise ConfigError(f"--predictions.path {path}: a folder; classification writes one CSV file "
+                          f"(e.g. --predictions.path={target / 'predictions.csv'})")
+    check_writable("--predictions.path", target.absolute().parent)  # the file is replaced by a rename there
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

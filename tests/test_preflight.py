@@ -4,6 +4,7 @@ traceback, and no run folder, checkpoint or W&B run (issue 11's probed cases).""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -85,6 +86,34 @@ def test_an_unwritable_run_folder_is_one_error(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(TINY) == 2
     assert f"CTXLIT_RUN_DIR {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is a file" in capsys.readouterr().err
+
+
+def _read_only_folder(tmp_path) -> Path:
+    """A folder no file can be created in: mode 0o555, or (root ignores mode bits) sysfs."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+def test_a_read_only_default_root_dir_is_one_error(tmp_path, capsys, monkeypatch):
+    folder = _read_only_folder(tmp_path)
+    monkeypatch.delenv("CTXLIT_RUN_DIR", raising=False)
+    fails_cleanly([*TINY, f"--trainer.default_root_dir={folder / 'runs'}"], tmp_path, capsys, monkeypatch,
+                  f"--trainer.default_root_dir {folder / 'runs'}: {folder} is not writable")
+
+
+def test_a_predictions_path_that_cannot_take_the_csv_is_one_error_before_predicting(trained, tmp_path, capsys,
+                                                                                     monkeypatch):
+    predict = ["predict", *TINY, "--model.init_args.block=none", f"--ckpt_path={trained['last']}"]
+    (tmp_path / "a-folder").mkdir()
+    fails_cleanly([*predict, f"--predictions.path={tmp_path / 'a-folder'}"], tmp_path, capsys, monkeypatch,
+                  f"--predictions.path {tmp_path / 'a-folder'}: a folder; classification writes one CSV file")
+    folder = _read_only_folder(tmp_path)
+    fails_cleanly([*predict, f"--predictions.path={folder / 'p.csv'}"], tmp_path, capsys, monkeypatch,
+                  f"--predictions.path {folder}: {folder} is not writable")
 
 
 def _bad_checkpoints(folder):
