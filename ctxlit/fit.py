@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from ctxlit.errors import ConfigError, CtxlitError
 from ctxlit.preflight import config_files
+from ctxlit.run_evaluation import run_config_for
 from ctxlit.utils.malloc import keep_freed_memory
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
@@ -103,7 +104,8 @@ def wandb_mode_and_notice() -> tuple[str, str | None]:
 
 
 def with_defaults(argv: list[str]) -> list[str]:
-    """Insert the ``fit`` subcommand and the default config when they are missing.
+    """Insert the ``fit`` subcommand and the default config when they are missing (for
+    ``validate``/``test``/``predict`` of a checkpoint in a run folder: that run's config).
 
     Lightning's DDP launcher re-executes ``python -m ctxlit.fit <argv>`` for ranks >= 1 with
     the argv rank 0 already saw, so this must be idempotent: only add what is missing.
@@ -112,7 +114,8 @@ def with_defaults(argv: list[str]) -> list[str]:
     if not argv or argv[0] not in SUBCOMMANDS:
         argv.insert(0, "fit")
     if not config_files(argv):
-        argv[1:1] = ["--config", str(DEFAULT_CONFIG)]
+        # validate/test/predict of a run's checkpoint: that run's own config (ctxlit.run_evaluation)
+        argv[1:1] = ["--config", str(run_config_for(argv) or DEFAULT_CONFIG)]
     return argv
 
 

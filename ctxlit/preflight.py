@@ -45,6 +45,11 @@ SPEED_OPTIONS = ("compile", "channels_last")
 #: how a checkpoint is evaluated, not what it learnt: free to change when ``validate``, ``test``
 #: or ``predict`` loads it (a single-scale model tested multi-scale + flip), never in ``fit``
 EVALUATION_OPTIONS = ("scales", "flip", "sliding_window", "window", "stride")
+#: how the weights were trained, not what they compute: free to differ when ``validate``,
+#: ``test`` or ``predict`` loads a checkpoint (the run's config may be edited since), with a note
+TRAINING_OPTIONS = ("optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_steps", "min_lr_ratio",
+                    "poly_power", "label_smoothing", "use_class_weights", "ohem_thresh", "ohem_min_kept",
+                    "backbone_weights", "freeze_backbone", "pretrained_lr_ratio")
 #: keys whose ``None`` means "not set" (Lightning's own defaults)
 OPTIONAL = {"trainer.max_epochs", "data.init_args.num_workers", "threads"}
 
@@ -150,14 +155,16 @@ def resume_changes(hparams: dict, model) -> dict[str, tuple[object, object]]:
     return changes
 
 
-def check_resume(hparams: dict, model, allowed: list[str], subcommand: str = "fit") -> None:
+def check_resume(hparams: dict, model, allowed: list[str], subcommand: str = "fit") -> dict[str, tuple[object, object]]:
     """Refuse to load a checkpoint with model options other than its own, except ``allowed``,
     :data:`SPEED_OPTIONS` (the same weights, only faster or slower) and, outside ``fit``,
-    :data:`EVALUATION_OPTIONS`."""
+    :data:`EVALUATION_OPTIONS` and :data:`TRAINING_OPTIONS`. Returns the training options that
+    differ outside ``fit`` (for a note), else {}."""
     allowed = {key.removeprefix("model.init_args.") for key in allowed} | set(SPEED_OPTIONS)
     if subcommand != "fit":
-        allowed |= set(EVALUATION_OPTIONS)
-    refused = {k: v for k, v in resume_changes(hparams, model).items() if k not in allowed}
+        allowed |= set(EVALUATION_OPTIONS) | set(TRAINING_OPTIONS)
+    changes = resume_changes(hparams, model)
+    refused = {k: v for k, v in changes.items() if k not in allowed}
     if refused:
         listed = "; ".join(f"{k}: {_canonical(old)} in the checkpoint, {_canonical(new)} here"
                            for k, (old, new) in refused.items())
@@ -166,6 +173,14 @@ def check_resume(hparams: dict, model, allowed: list[str], subcommand: str = "fi
             f"--ckpt_path {loads}, and this command line changes its model: {listed}. Drop these options "
             f"to use it as it was, allow a change on purpose with --resume.allow_changed=[{','.join(refused)}] "
             f"(e.g. a lower lr), or start a new run from its weights with --model.init_args.backbone_weights")
+    return {k: v for k, v in changes.items() if subcommand != "fit" and k in TRAINING_OPTIONS}
+
+
+def training_options_note(subcommand: str, changes: dict[str, tuple[object, object]]) -> str:
+    """One line saying which training-only options differ from the checkpoint's, and that
+    ``subcommand`` does not use them."""
+    listed = ", ".join(f"{k} {_canonical(old)} -> {_canonical(new)}" for k, (old, new) in changes.items())
+    return f"[ctxlit] {subcommand}: training-only options differ from the checkpoint's ({listed}); not used here"
 
 
 def config_files(argv: list[str]) -> list[str]:

@@ -305,7 +305,7 @@ def test_threads_sets_the_intra_op_thread_count_of_the_fit(tmp_path, monkeypatch
         torch.set_num_threads(before)
 
 
-def test_evaluation_options_may_change_outside_fit_only():
+def test_evaluation_and_training_options_may_change_outside_fit_only():
     from jsonargparse import Namespace
 
     from ctxlit.errors import ConfigError
@@ -319,7 +319,13 @@ def test_evaluation_options_may_change_outside_fit_only():
     with pytest.raises(ConfigError, match=r"^--ckpt_path resumes a run, .*scales: \[1.0\] in the checkpoint, \[0.5, 1.0, 1.5\] "
                                           r"here; flip: false in the checkpoint, true here\."):
         check_resume(saved, given, [], "fit")
+    # how the weights were trained does not matter to an evaluation: returned for a note
     given.init_args.lr = 0.1
-    with pytest.raises(ConfigError, match=r"^--ckpt_path loads the model that test runs, .*lr: 0.01 in the "
-                                          r"checkpoint, 0.1 here\. .*allow_changed=\[lr\]"):
+    assert check_resume(saved, given, [], "test") == {"lr": (0.01, 0.1)}
+    with pytest.raises(ConfigError, match=r"^--ckpt_path resumes a run, .*lr: 0.01 in the checkpoint, 0.1 here"):
+        check_resume(saved, given, [], "fit")
+    # what the weights compute does
+    saved["head_block"], given.init_args.head_block = "gc", "none"
+    with pytest.raises(ConfigError, match=r"^--ckpt_path loads the model that test runs, .*head_block: \"gc\" in the "
+                                          r"checkpoint, \"none\" here\. .*allow_changed=\[head_block\]"):
         check_resume(saved, given, [], "test")
