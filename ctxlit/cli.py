@@ -91,7 +91,8 @@ class CtxlitCLI(LightningCLI):
         # line where jsonargparse would print its tree of Union members (ctxlit.parse_errors).
         parser.print_usage = lambda file=None: None
         error = parser.error
-        parser.error = lambda message, ex=None: error(one_line(message), ex)
+        # argparse keeps the option strings only in its _option_string_actions
+        parser.error = lambda message, ex=None: error(one_line(message, list(parser._option_string_actions)), ex)
         return parser
 
     def add_arguments_to_parser(self, parser) -> None:

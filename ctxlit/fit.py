@@ -120,8 +120,8 @@ def with_defaults(argv: list[str]) -> list[str]:
 
 
 def starts_no_run(argv: list[str]) -> bool:
-    """``--help``, ``--<key>.help`` or ``--print_config``: nothing is logged, so W&B's mode does not matter."""
-    return any(a in ("-h", "--help") or a.startswith("--print_config") or a.split("=")[0].endswith(".help")
+    """``--help`` (``=full``), ``--<key>.help`` or ``--print_config``: nothing is logged, so W&B's mode does not matter."""
+    return any(a.split("=")[0] in ("-h", "--help") or a.startswith("--print_config") or a.split("=")[0].endswith(".help")
                for a in argv)
 
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # CPU steps reuse their buffers instead of faulting in fresh pages
     from ctxlit.cli import run_cli  # heavy imports after the environment is settled
 
-    if given[:1] in (["-h"], ["--help"]):  # with_defaults makes it fit's help, with its defaults
+    if given[:1] and given[0].split("=")[0] in ("-h", "--help"):  # with_defaults makes it fit's help, with its defaults
         print(f"python -m ctxlit.fit runs `fit` unless another subcommand comes first: "
               f"{', '.join(SUBCOMMANDS[1:])} (each with --help). The options of fit:")
     return run_cli(with_defaults(given), from_command_line=argv is None, start_notice=notice)

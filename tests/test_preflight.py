@@ -59,7 +59,7 @@ def fails_cleanly(argv, tmp_path, capsys, monkeypatch, culprit: str) -> str:
     ("--trainer.max_steps=-2", "--trainer.max_steps: must be -1 (no limit) or an integer >= 0; got -2"),
     ("--data.init_args.batch_size=0", "--data.init_args.batch_size: must be an integer >= 1; got 0"),
     ("--threads=0", "--threads: must be an integer >= 1; got 0"),
-    ("--trainer.max_epoch=3", "unrecognized arguments: --trainer.max_epoch=3"),  # no abbreviations
+    ("--trainer.max_epoch=3", "--trainer.max_epoch: no such option; did you mean --trainer.max_epochs?"),  # no abbreviations
     ("--checkpoint.dirpath=/etc/passwd/x", "--checkpoint.dirpath /etc/passwd/x: /etc/passwd is a file, not a folder"),
 ])
 def test_a_bad_option_is_one_error_before_anything_is_written(flag, culprit, tmp_path, capsys, monkeypatch):
