@@ -6,6 +6,8 @@ module's ``num_classes`` is linked into the model, so no number is typed twice. 
 also gets a best/last checkpoint (``--checkpoint.*``), a run summary (printed, and written as
 ``summary.json`` beside ``metrics.csv``), a validation at its last step, and, with
 ``--attention.every_n_epochs=N``, its blocks' attention drawn every N validations.
+``validate``/``test``/``predict`` of a checkpoint in a run folder write into that run folder
+and its W&B run (:func:`place_in_run`, :mod:`ctxlit.run_evaluation`).
 
 Two environment variables place a run inside a study, so the command line stays exactly the
 one ``wandb agent`` runs (``python -m ctxlit.sweep`` sets both):

@@ -27,12 +27,17 @@ def _wandb_ids(folder: Path) -> list[str]:
     return sorted(p.name.rsplit("-", 1)[1] for p in folder.glob("wandb/offline-run-*"))
 
 
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
-def test_a_food_runs_checkpoint_is_tested_in_its_run_folder_and_its_wandb_run(tmp_path, monkeypatch, capsys):
+def in_plain_folder(tmp_path: Path, monkeypatch) -> None:
+    """Work in ``tmp_path`` as a user would: runs under ./runs (no sweep's run folder), W&B offline."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("CTXLIT_RUN_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+def test_a_food_runs_checkpoint_is_tested_in_its_run_folder_and_its_wandb_run(tmp_path, monkeypatch, capsys):
+    in_plain_folder(tmp_path, monkeypatch)
     make_class_tree(tmp_path / "food", {"burger": 6, "noodles": 4, "salad": 3}, size=(40, 40))
     assert main(["--config", str(EXPERIMENTS / "food" / "resnet18_112.yaml"), "--data.init_args.root=food",
                  "--data.init_args.image_size=32", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
@@ -67,9 +72,7 @@ def test_a_food_runs_checkpoint_is_tested_in_its_run_folder_and_its_wandb_run(tm
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 def test_a_cityscapes_runs_checkpoint_is_tested_and_predicted_in_its_run_folder(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("CTXLIT_RUN_DIR", raising=False)
-    monkeypatch.chdir(tmp_path)
+    in_plain_folder(tmp_path, monkeypatch)
     for split, city in (("train", "aachen"), ("val", "frankfurt")):
         for frame in range(2):
             write_cityscapes_pair(tmp_path / "cityscapes", split, city, frame)
