@@ -71,23 +71,25 @@ def check_ranges(config) -> None:
             raise ConfigError(f"--{key}: must be {allowed}; got {json.dumps(value)}")
 
 
-def check_writable(option: str, path: str | os.PathLike | None) -> None:
+def check_writable(option: str, path: str | os.PathLike | None, given: str | os.PathLike | None = None) -> None:
     """The folder ``path`` exists and is writable, or can be made: its nearest existing
     ancestor is a folder in which a file can be created. Tried, not read from the mode bits:
-    root may write anywhere the bits forbid, but not on a read-only filesystem."""
+    root may write anywhere the bits forbid, but not on a read-only filesystem. ``given``: the
+    value the error names (default ``path``), when ``path`` is the folder of a file given."""
     if not path:
         return
+    given = path if given is None else given
     folder = Path(path).absolute()
     ancestor = folder
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ConfigError(f"{option} {path}: {ancestor} is a file, not a folder")
+        raise ConfigError(f"{option} {given}: {ancestor} is a file, not a folder")
     try:
         with tempfile.TemporaryFile(dir=ancestor):
             pass
     except OSError as err:
-        raise ConfigError(f"{option} {path}: {ancestor} is not writable ({err.strerror or err})") from None
+        raise ConfigError(f"{option} {given}: {ancestor} is not writable ({err.strerror or err})") from None
 
 
 def check_prediction_path(path: str | os.PathLike | None, predicts: str) -> None:
@@ -105,7 +107,7 @@ def check_prediction_path(path: str | os.PathLike | None, predicts: str) -> None
     if target.is_dir():
         raise ConfigError(f"--predictions.path {path}: a folder; classification writes one CSV file "
                           f"(e.g. --predictions.path={target / 'predictions.csv'})")
-    check_writable("--predictions.path", target.absolute().parent)  # the file is replaced by a rename there
+    check_writable("--predictions.path", target.absolute().parent, path)  # the file is replaced by a rename there
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

@@ -113,7 +113,7 @@ def test_a_predictions_path_that_cannot_take_the_csv_is_one_error_before_predict
                   f"--predictions.path {tmp_path / 'a-folder'}: a folder; classification writes one CSV file")
     folder = _read_only_folder(tmp_path)
     fails_cleanly([*predict, f"--predictions.path={folder / 'p.csv'}"], tmp_path, capsys, monkeypatch,
-                  f"--predictions.path {folder}: {folder} is not writable")
+                  f"--predictions.path {folder / 'p.csv'}: {folder} is not writable")
 
 
 def _bad_checkpoints(folder):
