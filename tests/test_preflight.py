@@ -262,7 +262,8 @@ def test_an_allowed_lr_change_on_resume_is_the_lr_the_resumed_steps_use(trained,
     assert "[ctxlit] resume: the schedule" not in capsys.readouterr().err
     monkeypatch.setenv("CTXLIT_RUN_DIR", str(tmp_path / "halved"))
     assert main([*flags, "--model.init_args.lr=0.1", "--resume.allow_changed=[lr]"]) == 0
-    assert "[ctxlit] resume: the schedule restarts from this run's learning rate (0.2 -> 0.1" in capsys.readouterr().err
+    assert ("[ctxlit] resume: the schedule goes on from this step with this run's learning rate "
+            "(the checkpoint's -> this run's: 0.2 -> 0.1)") in capsys.readouterr().err
     first = torch.load(trained["last"], weights_only=True)["global_step"]
     for step in range(first, first + 4):
         assert _lr_at(tmp_path / "halved", step) == pytest.approx(_lr_at(tmp_path / "same", step) / 2)

@@ -131,6 +131,6 @@ def resume_schedule(trainer) -> list[tuple[float, float]]:
             group["lr"] = base * factor(scheduler.last_epoch)
     if changed and trainer.is_global_zero:
         rates = ", ".join(f"{old:g} -> {new:g}" for old, new in dict.fromkeys(changed))
-        print(f"[ctxlit] resume: the schedule restarts from this run's learning rate ({rates}; the "
-              f"checkpoint's was the first)", file=sys.stderr)
+        print(f"[ctxlit] resume: the schedule goes on from this step with this run's learning rate "
+              f"(the checkpoint's -> this run's: {rates})", file=sys.stderr)
     return changed
