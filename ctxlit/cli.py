@@ -6,6 +6,8 @@ module's ``num_classes`` is linked into the model, so no number is typed twice. 
 also gets a best/last checkpoint (``--checkpoint.*``), a run summary (printed, and written as
 ``summary.json`` beside ``metrics.csv``), a validation at its last step, and, with
 ``--attention.every_n_epochs=N``, its blocks' attention drawn every N validations.
+``validate``/``test``/``predict`` of a checkpoint in a run folder write into that run folder
+and its W&B run (:func:`place_in_run`, :mod:`ctxlit.run_evaluation`).
 
 Two environment variables place a run inside a study, so the command line stays exactly the
 one ``wandb agent`` runs (``python -m ctxlit.sweep`` sets both):
@@ -27,6 +29,7 @@ import signal
 import sys
 import typing
 import warnings
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -41,8 +44,9 @@ from ctxlit import preflight
 from ctxlit.errors import ConfigError, CtxlitError
 from ctxlit.help_pages import HelpWithClassOptions
 from ctxlit.parse_errors import one_line
+from ctxlit.run_evaluation import RESULTS_FOLDERS, results_folder, run_of_checkpoint, wandb_run_of, write_test_metrics
 from ctxlit.tasks.attention_maps import AttentionMaps
-from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary, ValidateAtLastStep
+from ctxlit.tasks.callbacks import BestAndLastCheckpoint, RunSummary, ValidateAtLastStep, scalar_metrics
 from ctxlit.tasks.faults import AtomicCheckpointIO, NonFiniteGuard
 from ctxlit.tasks.predictions import PredictionWriter
 
@@ -63,6 +67,8 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 class CtxlitCLI(LightningCLI):
     #: set by run_cli: printed when the config has parsed and the run starts
     start_notice: str | None = None
+    #: the run folder of the checkpoint that validate/test/predict evaluates (ctxlit.run_evaluation)
+    _evaluated_run: Path | None = None
 
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
@@ -87,7 +93,8 @@ class CtxlitCLI(LightningCLI):
         # line where jsonargparse would print its tree of Union members (ctxlit.parse_errors).
         parser.print_usage = lambda file=None: None
         error = parser.error
-        parser.error = lambda message, ex=None: error(one_line(message), ex)
+        # argparse keeps the option strings only in its _option_string_actions
+        parser.error = lambda message, ex=None: error(one_line(message, list(parser._option_string_actions)), ex)
         return parser
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -126,7 +133,9 @@ class CtxlitCLI(LightningCLI):
         checkpoint = preflight.read_checkpoint(config.ckpt_path)
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         if hparams:
-            preflight.check_resume(hparams, config.model, config.resume.allow_changed, subcommand)
+            differ = preflight.check_resume(hparams, config.model, config.resume.allow_changed, subcommand)
+            if differ:
+                print(preflight.training_options_note(subcommand, differ), file=sys.stderr)
         self._resumed_hparams = hparams
 
     def before_instantiate_classes(self) -> None:
@@ -138,9 +147,15 @@ class CtxlitCLI(LightningCLI):
             torch.set_num_threads(config.threads)
         run_dir = os.environ.get("CTXLIT_RUN_DIR")
         preflight.check_writable("CTXLIT_RUN_DIR", run_dir)
+        preflight.check_writable("--trainer.default_root_dir", config.trainer.get("default_root_dir"))
         if config.get("checkpoint") is not None:
             preflight.check_writable("--checkpoint.dirpath", config.checkpoint.get("dirpath"))
         place_loggers(config.trainer.logger, run_dir, os.environ.get("WANDB_RUN_GROUP"), config.trainer.get("default_root_dir"))
+        self._evaluated_run = run_of_checkpoint(config.get("ckpt_path")) if self.subcommand in RESULTS_FOLDERS else None
+        if self._evaluated_run is not None:
+            place_in_run(config, self._evaluated_run, self.subcommand)
+        if self.subcommand == "predict" and config.get("predictions") is not None:
+            preflight.check_prediction_path(config.predictions.get("path"), predicted_kind(config))
 
     def instantiate_classes(self) -> None:
         # jsonargparse builds an option typed as a callable and given as class_path + init_args
@@ -167,6 +182,13 @@ class CtxlitCLI(LightningCLI):
             raise ConfigError(f"--ckpt_path was trained for {saved} classes and this data has {given}: resume "
                               f"needs the same data; to fine-tune on new classes use --model.init_args.backbone_weights")
         prepare_wandb_loggers(self.trainer.loggers)  # after the last check: it makes the W&B folder
+
+    def after_test(self) -> None:
+        """``test`` of a run's checkpoint: its metrics also into ``RUN/test-metrics.json``."""
+        if self._evaluated_run is not None and self.trainer.is_global_zero:
+            ckpt_path = self.config[self.subcommand].ckpt_path
+            path = write_test_metrics(self._evaluated_run, ckpt_path, scalar_metrics(self.trainer))
+            print(f"[ctxlit] test metrics -> {path}", file=sys.stderr)
 
     def _instantiate_trainer(self, config, callbacks):
         # A private method: the public instantiate_trainer(**kwargs) cannot drop a callback or
@@ -268,6 +290,36 @@ def place_loggers(loggers, run_dir: str | None, group: str | None, root: str | N
             args.save_dir = os.path.abspath(run_dir or args.save_dir or ".")
             if group:
                 args.group = group
+
+
+def predicted_kind(config) -> str:
+    """What ``predict`` of the config's task returns (its class's ``predicts``)."""
+    return getattr(pydoc.locate(config.model.class_path), "predicts", "probabilities")
+
+
+def place_in_run(config, run: Path, subcommand: str) -> None:
+    """Point an evaluation of a run's checkpoint (parsed config, not yet built) at the run
+    folder (see :mod:`ctxlit.run_evaluation`): the CSV log and the config used in
+    ``RUN/<subcommand's folder>``, W&B's logger at the run's own W&B run, ``predict``'s output in
+    ``RUN/predictions/`` unless ``--predictions.path`` names a place. Says so in one line."""
+    folder = results_folder(run, subcommand)
+    preflight.check_writable(f"{subcommand} --ckpt_path {config.ckpt_path}: the run folder", folder)
+    config.trainer.default_root_dir = str(folder)  # the config's copy when no logger is set
+    wandb_run = wandb_run_of(run)
+    for logger in _as_list(config.trainer.logger):
+        class_path, args = getattr(logger, "class_path", ""), getattr(logger, "init_args", None)
+        if args is None:
+            continue
+        if class_path.endswith(".CSVLogger"):
+            args.save_dir, args.name, args.version = str(run), folder.name, ""
+        elif class_path.endswith(".WandbLogger") and wandb_run is not None:
+            # Lightning's WandbLogger resumes a given id (resume="allow"): the run's own W&B run
+            args.save_dir, args.id = wandb_run["save_dir"], wandb_run["id"]
+    if subcommand == "predict" and config.get("predictions") is not None and not config.predictions.get("path"):
+        labels = predicted_kind(config) == "label_maps"
+        config.predictions.path = str(folder if labels else folder / "predictions.csv")
+    resumed = f"; W&B run {wandb_run['id']} continued" if wandb_run and logs_to_wandb(config.trainer.logger) else ""
+    print(f"[ctxlit] {subcommand} of a checkpoint of run {run}: results in {folder}{resumed}", file=sys.stderr)
 
 
 def prepare_wandb_loggers(loggers) -> None:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from ctxlit.errors import ConfigError, CtxlitError
 from ctxlit.preflight import config_files
+from ctxlit.run_evaluation import run_config_for
 from ctxlit.utils.malloc import keep_freed_memory
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
@@ -103,7 +104,8 @@ def wandb_mode_and_notice() -> tuple[str, str | None]:
 
 
 def with_defaults(argv: list[str]) -> list[str]:
-    """Insert the ``fit`` subcommand and the default config when they are missing.
+    """Insert the ``fit`` subcommand and the default config when they are missing (for
+    ``validate``/``test``/``predict`` of a checkpoint in a run folder: that run's config).
 
     Lightning's DDP launcher re-executes ``python -m ctxlit.fit <argv>`` for ranks >= 1 with
     the argv rank 0 already saw, so this must be idempotent: only add what is missing.
@@ -112,13 +114,14 @@ def with_defaults(argv: list[str]) -> list[str]:
     if not argv or argv[0] not in SUBCOMMANDS:
         argv.insert(0, "fit")
     if not config_files(argv):
-        argv[1:1] = ["--config", str(DEFAULT_CONFIG)]
+        # validate/test/predict of a run's checkpoint: that run's own config (ctxlit.run_evaluation)
+        argv[1:1] = ["--config", str(run_config_for(argv) or DEFAULT_CONFIG)]
     return argv
 
 
 def starts_no_run(argv: list[str]) -> bool:
-    """``--help``, ``--<key>.help`` or ``--print_config``: nothing is logged, so W&B's mode does not matter."""
-    return any(a in ("-h", "--help") or a.startswith("--print_config") or a.split("=")[0].endswith(".help")
+    """``--help`` (``=full``), ``--<key>.help`` or ``--print_config``: nothing is logged, so W&B's mode does not matter."""
+    return any(a.split("=")[0] in ("-h", "--help") or a.startswith("--print_config") or a.split("=")[0].endswith(".help")
                for a in argv)
 
 
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # CPU steps reuse their buffers instead of faulting in fresh pages
     from ctxlit.cli import run_cli  # heavy imports after the environment is settled
 
-    if given[:1] in (["-h"], ["--help"]):  # with_defaults makes it fit's help, with its defaults
+    if given[:1] and given[0].split("=")[0] in ("-h", "--help"):  # with_defaults makes it fit's help, with its defaults
         print(f"python -m ctxlit.fit runs `fit` unless another subcommand comes first: "
               f"{', '.join(SUBCOMMANDS[1:])} (each with --help). The options of fit:")
     return run_cli(with_defaults(given), from_command_line=argv is None, start_notice=notice)

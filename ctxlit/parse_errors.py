@@ -6,6 +6,7 @@ buried inside. :func:`one_line` finds the option and what it allows in that tree
 
     --model.init_args.block.init_args.fusion=bogus: allowed values are add, mul, both
     --model.init_args.blok: no such option of ctxlit.tasks.ClassificationTask; did you mean --model.init_args.block?
+    --trainer.max_epoch: no such option; did you mean --trainer.max_epochs?
 
 A message of another shape is returned unchanged.
 """
@@ -44,7 +45,15 @@ def _init_options(class_path: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def one_line(message: str) -> str:
+_UNRECOGNIZED = re.compile(r"^[Uu]nrecognized arguments: (.*)$", re.S)
+
+
+def one_line(message: str, options: list[str] | None = None) -> str:
+    """``message`` in one line; ``options`` (the parser's option strings) give an unknown
+    option's closest spelling."""
+    unrecognized = _UNRECOGNIZED.match(message.strip())
+    if unrecognized and options:
+        return _unknown_options(unrecognized.group(1), options) or message
     top = _TOP.match(message)
     given = _NESTED.findall(message)
     if not top or "Does not validate against any of the Union subtypes" not in message:
@@ -76,6 +85,21 @@ def one_line(message: str) -> str:
     if not got and "Callable[[int]" in message:
         line += ", or a block class by its class_path (e.g. ctxlit.blocks.GlobalContext)"
     return line
+
+
+def _unknown_options(given: str, options: list[str]) -> str | None:
+    """``--trainer.max_epoch: no such option; did you mean --trainer.max_epochs?`` for the first
+    unknown ``--option`` in ``given`` (argparse's "unrecognized arguments" list), or None."""
+    for token in given.split():
+        name = token.split("=", 1)[0]
+        if not name.startswith("--"):
+            continue
+        section, _, key = name.rpartition(".")
+        # the keys of the same section, compared without it (a shared prefix says nothing)
+        keys = {o.rpartition(".")[2]: o for o in options if o.startswith("--") and o.rpartition(".")[0] == section}
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
+        return f"{name}: no such option" + (f"; did you mean {keys[close[0]]}?" if close else "")
+    return None
 
 
 _TYPE = re.compile(r"^\s*- Expected a <class '([\w.]+)'>", re.M)

@@ -5,7 +5,7 @@ folder or W&B run exists, so a bad input is one ``error:`` line and exit 2 with 
 - ``--ckpt_path``: a readable Lightning checkpoint (:func:`read_checkpoint`);
 - resume keeps the model it resumes (:func:`resume_changes`): a command line that changes the
   checkpoint's model options is refused unless ``--resume.allow_changed`` names the keys;
-- output folders that can be written (:func:`check_writable`).
+- output folders that can be written (:func:`check_writable`, :func:`check_prediction_path`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +45,11 @@ SPEED_OPTIONS = ("compile", "channels_last")
 #: how a checkpoint is evaluated, not what it learnt: free to change when ``validate``, ``test``
 #: or ``predict`` loads it (a single-scale model tested multi-scale + flip), never in ``fit``
 EVALUATION_OPTIONS = ("scales", "flip", "sliding_window", "window", "stride")
+#: how the weights were trained, not what they compute: free to differ when ``validate``,
+#: ``test`` or ``predict`` loads a checkpoint (the run's config may be edited since), with a note
+TRAINING_OPTIONS = ("optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_steps", "min_lr_ratio",
+                    "poly_power", "label_smoothing", "use_class_weights", "ohem_thresh", "ohem_min_kept",
+                    "backbone_weights", "freeze_backbone", "pretrained_lr_ratio")
 #: keys whose ``None`` means "not set" (Lightning's own defaults)
 OPTIONAL = {"trainer.max_epochs", "data.init_args.num_workers", "threads"}
 
@@ -65,19 +71,43 @@ def check_ranges(config) -> None:
             raise ConfigError(f"--{key}: must be {allowed}; got {json.dumps(value)}")
 
 
-def check_writable(option: str, path: str | os.PathLike | None) -> None:
+def check_writable(option: str, path: str | os.PathLike | None, given: str | os.PathLike | None = None) -> None:
     """The folder ``path`` exists and is writable, or can be made: its nearest existing
-    ancestor is a writable folder."""
+    ancestor is a folder in which a file can be created. Tried, not read from the mode bits:
+    root may write anywhere the bits forbid, but not on a read-only filesystem. ``given``: the
+    value the error names (default ``path``), when ``path`` is the folder of a file given."""
     if not path:
         return
+    given = path if given is None else given
     folder = Path(path).absolute()
     ancestor = folder
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ConfigError(f"{option} {path}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: {ancestor} is not writable")
+        raise ConfigError(f"{option} {given}: {ancestor} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{option} {given}: {ancestor} is not writable ({err.strerror or err})") from None
+
+
+def check_prediction_path(path: str | os.PathLike | None, predicts: str) -> None:
+    """``--predictions.path`` can take what ``predict`` writes there (see
+    :class:`ctxlit.tasks.predictions.PredictionWriter`): for ``"probabilities"`` one CSV file (not
+    a folder in a writable one), for ``"label_maps"`` a folder of PNGs."""
+    if not path:
+        return
+    target = Path(path)
+    if predicts == "label_maps":
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"--predictions.path {path}: a file; segmentation writes a folder of PNGs there")
+        check_writable("--predictions.path", target)
+        return
+    if target.is_dir():
+        raise ConfigError(f"--predictions.path {path}: a folder; classification writes one CSV file "
+                          f"(e.g. --predictions.path={target / 'predictions.csv'})")
+    check_writable("--predictions.path", target.absolute().parent, path)  # the file is replaced by a rename there
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -127,14 +157,16 @@ def resume_changes(hparams: dict, model) -> dict[str, tuple[object, object]]:
     return changes
 
 
-def check_resume(hparams: dict, model, allowed: list[str], subcommand: str = "fit") -> None:
+def check_resume(hparams: dict, model, allowed: list[str], subcommand: str = "fit") -> dict[str, tuple[object, object]]:
     """Refuse to load a checkpoint with model options other than its own, except ``allowed``,
     :data:`SPEED_OPTIONS` (the same weights, only faster or slower) and, outside ``fit``,
-    :data:`EVALUATION_OPTIONS`."""
+    :data:`EVALUATION_OPTIONS` and :data:`TRAINING_OPTIONS`. Returns the training options that
+    differ outside ``fit`` (for a note), else {}."""
     allowed = {key.removeprefix("model.init_args.") for key in allowed} | set(SPEED_OPTIONS)
     if subcommand != "fit":
-        allowed |= set(EVALUATION_OPTIONS)
-    refused = {k: v for k, v in resume_changes(hparams, model).items() if k not in allowed}
+        allowed |= set(EVALUATION_OPTIONS) | set(TRAINING_OPTIONS)
+    changes = resume_changes(hparams, model)
+    refused = {k: v for k, v in changes.items() if k not in allowed}
     if refused:
         listed = "; ".join(f"{k}: {_canonical(old)} in the checkpoint, {_canonical(new)} here"
                            for k, (old, new) in refused.items())
@@ -143,6 +175,14 @@ def check_resume(hparams: dict, model, allowed: list[str], subcommand: str = "fi
             f"--ckpt_path {loads}, and this command line changes its model: {listed}. Drop these options "
             f"to use it as it was, allow a change on purpose with --resume.allow_changed=[{','.join(refused)}] "
             f"(e.g. a lower lr), or start a new run from its weights with --model.init_args.backbone_weights")
+    return {k: v for k, v in changes.items() if subcommand != "fit" and k in TRAINING_OPTIONS}
+
+
+def training_options_note(subcommand: str, changes: dict[str, tuple[object, object]]) -> str:
+    """One line saying which training-only options differ from the checkpoint's, and that
+    ``subcommand`` does not use them."""
+    listed = ", ".join(f"{k} {_canonical(old)} -> {_canonical(new)}" for k, (old, new) in changes.items())
+    return f"[ctxlit] {subcommand}: training-only options differ from the checkpoint's ({listed}); not used here"
 
 
 def config_files(argv: list[str]) -> list[str]:

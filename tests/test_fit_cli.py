@@ -478,7 +478,10 @@ def test_top_level_help_shows_the_options_of_fit_and_names_the_other_subcommands
     assert stop.value.code == 0
     assert out.startswith("python -m ctxlit.fit runs `fit` unless another subcommand comes first: "
                           "validate, test, predict (each with --help)")
-    assert "usage: python -m ctxlit.fit [-c CONFIG]" in out and "--trainer.max_epochs" in out and "--checkpoint.dirpath" in out
+    assert "usage: python -m ctxlit.fit [--config FILE]" in out and "--checkpoint.dirpath" in out
+    # Lightning's Trainer list only under --help=full, named at the end of the page
+    assert "--trainer.max_epochs" not in out
+    assert out.rstrip().splitlines()[-1].startswith("Lightning's Trainer options (--trainer.*") and "--help=full" in out
 
 
 @pytest.mark.parametrize("subcommand, tip", [([], "python -m ctxlit.fit --help"),
@@ -498,7 +501,7 @@ def test_help_lists_the_options_of_the_configs_task_and_data_as_configs_spell_th
     assert stop.value.code == 0
     task = out.index("Options of the task, ctxlit.tasks.ClassificationTask (from the config")
     data = out.index("Options of the data module, ctxlit.data.SyntheticContextDataModule (from the config")
-    assert out.index("--trainer.max_epochs") < task < data
+    assert out.index("--seed_everything") < task < data < out.index("--checkpoint.dirpath")
     # the README's and the sweeps' spelling, with the values this run would use (default.yaml)
     lr = out[out.index("  --model.init_args.lr LR", task):]
     assert lr[:lr.index("\n  --")].replace("\n", " ").split()[-2:] == ["default:", "0.2)"]
@@ -514,6 +517,59 @@ def test_help_shows_the_values_of_the_given_config_and_flags(capsys):
     assert "Options of the data module, ctxlit.data.FoodDeliveryDataModule" in out and "--data.init_args.root" in out
     lr = out[out.index("  --model.init_args.lr LR"):]
     assert "default: 0.05)" in lr[:lr.index("\n  --")]
+
+
+def _default_shown(page: str, option: str) -> str:
+    """The ``default:`` an option's help entry shows."""
+    entry = page[page.index(f"  {option} "):]
+    entry = entry[:entry.index("\n  -", 1)] if "\n  -" in entry[1:] else entry
+    return " ".join(entry.split()).rsplit("default: ", 1)[1].split(",")[0].split(")")[0]
+
+
+def test_help_full_shows_this_runs_values_in_every_section_and_ctxlits_options_first(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("seed_everything: 7\ntrainer: {max_epochs: 3}\nattention: {every_n_epochs: 2}\n"
+                      "checkpoint: {monitor: val/loss, mode: min}\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["--config", str(DEFAULT_CONFIG), "--config", str(config), "--threads=2", "--help=full"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    shown = {option: _default_shown(out, option) for option in (
+        "--seed_everything", "--trainer.max_epochs", "--attention.every_n_epochs", "--checkpoint.monitor",
+        "--threads", "--model.init_args.lr")}
+    assert shown == {"--seed_everything": "7", "--trainer.max_epochs": "3", "--attention.every_n_epochs": "2",
+                     "--checkpoint.monitor": "val/loss", "--threads": "2", "--model.init_args.lr": "0.2"}
+    # ctxlit's options (general, task, data, checkpoint, ...) before Lightning's Trainer list
+    assert (out.index("--threads") < out.index("--model.init_args.lr") < out.index("--data.init_args.batch_size")
+            < out.index("--checkpoint.monitor") < out.index("--trainer.accelerator") < out.index("--trainer.max_epochs"))
+
+
+def test_help_piped_into_head_ends_without_a_broken_pipe_traceback(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    process = subprocess.Popen([sys.executable, "-m", "ctxlit.fit", "--help=full"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert process.stdout.readline().startswith(b"python -m ctxlit.fit runs")
+    process.stdout.close()  # as `| head -1` does after its line
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@pytest.mark.parametrize(("flag", "line"), [
+    ("--trainer.max_epoch=3", "error: --trainer.max_epoch: no such option; did you mean --trainer.max_epochs?"),
+    ("--trainer.max_epoch", "error: --trainer.max_epoch: no such option; did you mean --trainer.max_epochs?"),
+    ("--checkpoint.monitr=val/loss", "error: --checkpoint.monitr: no such option; did you mean --checkpoint.monitor?"),
+    ("--threds=2", "error: --threds: no such option; did you mean --threads?"),
+    ("--trainer.bogus=1", "error: --trainer.bogus: no such option"),
+])
+def test_a_typo_in_a_trainer_or_ctxlit_option_gets_the_closest_option(flag, line, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([flag, *(["3"] if "=" not in flag else [])])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.strip().splitlines()[-1].startswith(line), err[-2000:]
+    if flag == "--trainer.bogus=1":
+        assert "did you mean" not in err
 
 
 @pytest.mark.parametrize("value, parsed", [("1", 1), ("1.0", 1.0), ("0.25", 0.25), ("3", 3)])

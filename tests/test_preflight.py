@@ -4,6 +4,7 @@ traceback, and no run folder, checkpoint or W&B run (issue 11's probed cases).""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -58,7 +59,7 @@ def fails_cleanly(argv, tmp_path, capsys, monkeypatch, culprit: str) -> str:
     ("--trainer.max_steps=-2", "--trainer.max_steps: must be -1 (no limit) or an integer >= 0; got -2"),
     ("--data.init_args.batch_size=0", "--data.init_args.batch_size: must be an integer >= 1; got 0"),
     ("--threads=0", "--threads: must be an integer >= 1; got 0"),
-    ("--trainer.max_epoch=3", "unrecognized arguments: --trainer.max_epoch=3"),  # no abbreviations
+    ("--trainer.max_epoch=3", "--trainer.max_epoch: no such option; did you mean --trainer.max_epochs?"),  # no abbreviations
     ("--checkpoint.dirpath=/etc/passwd/x", "--checkpoint.dirpath /etc/passwd/x: /etc/passwd is a file, not a folder"),
 ])
 def test_a_bad_option_is_one_error_before_anything_is_written(flag, culprit, tmp_path, capsys, monkeypatch):
@@ -85,6 +86,34 @@ def test_an_unwritable_run_folder_is_one_error(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(TINY) == 2
     assert f"CTXLIT_RUN_DIR {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is a file" in capsys.readouterr().err
+
+
+def _read_only_folder(tmp_path) -> Path:
+    """A folder no file can be created in: mode 0o555, or (root ignores mode bits) sysfs."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+def test_a_read_only_default_root_dir_is_one_error(tmp_path, capsys, monkeypatch):
+    folder = _read_only_folder(tmp_path)
+    monkeypatch.delenv("CTXLIT_RUN_DIR", raising=False)
+    fails_cleanly([*TINY, f"--trainer.default_root_dir={folder / 'runs'}"], tmp_path, capsys, monkeypatch,
+                  f"--trainer.default_root_dir {folder / 'runs'}: {folder} is not writable")
+
+
+def test_a_predictions_path_that_cannot_take_the_csv_is_one_error_before_predicting(trained, tmp_path, capsys,
+                                                                                     monkeypatch):
+    predict = ["predict", *TINY, "--model.init_args.block=none", f"--ckpt_path={trained['last']}"]
+    (tmp_path / "a-folder").mkdir()
+    fails_cleanly([*predict, f"--predictions.path={tmp_path / 'a-folder'}"], tmp_path, capsys, monkeypatch,
+                  f"--predictions.path {tmp_path / 'a-folder'}: a folder; classification writes one CSV file")
+    folder = _read_only_folder(tmp_path)
+    fails_cleanly([*predict, f"--predictions.path={folder / 'p.csv'}"], tmp_path, capsys, monkeypatch,
+                  f"--predictions.path {folder / 'p.csv'}: {folder} is not writable")
 
 
 def _bad_checkpoints(folder):
@@ -221,6 +250,28 @@ def test_extending_max_epochs_on_resume_follows_the_new_schedule_from_its_first_
     assert _lr_at(tmp_path / "resumed", first) > 0.05
 
 
+def test_an_allowed_lr_change_on_resume_is_the_lr_the_resumed_steps_use(trained, tmp_path, monkeypatch, capsys):
+    """--resume.allow_changed=[lr] with half the lr: every resumed step's logged lr is half the
+    one of the same resume without the change (the schedule is rebuilt from the new base)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    flags = [*TINY, "--model.init_args.block=none", "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1",
+             f"--ckpt_path={trained['last']}"]
+    monkeypatch.setenv("CTXLIT_RUN_DIR", str(tmp_path / "same"))
+    assert main(flags) == 0
+    assert "[ctxlit] resume: the schedule" not in capsys.readouterr().err
+    monkeypatch.setenv("CTXLIT_RUN_DIR", str(tmp_path / "halved"))
+    assert main([*flags, "--model.init_args.lr=0.1", "--resume.allow_changed=[lr]"]) == 0
+    assert ("[ctxlit] resume: the schedule goes on from this step with this run's learning rate "
+            "(the checkpoint's -> this run's: 0.2 -> 0.1)") in capsys.readouterr().err
+    first = torch.load(trained["last"], weights_only=True)["global_step"]
+    for step in range(first, first + 4):
+        assert _lr_at(tmp_path / "halved", step) == pytest.approx(_lr_at(tmp_path / "same", step) / 2)
+    assert _lr_at(tmp_path / "same", first) > 0.05
+    resumed = torch.load(tmp_path / "halved" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["lr_schedulers"][0]["base_lrs"] == [0.1] * len(resumed["lr_schedulers"][0]["base_lrs"])
+
+
 def test_default_root_dir_holds_the_logs_too(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("CTXLIT_RUN_DIR", raising=False)
@@ -255,7 +306,7 @@ def test_threads_sets_the_intra_op_thread_count_of_the_fit(tmp_path, monkeypatch
         torch.set_num_threads(before)
 
 
-def test_evaluation_options_may_change_outside_fit_only():
+def test_evaluation_and_training_options_may_change_outside_fit_only():
     from jsonargparse import Namespace
 
     from ctxlit.errors import ConfigError
@@ -269,7 +320,13 @@ def test_evaluation_options_may_change_outside_fit_only():
     with pytest.raises(ConfigError, match=r"^--ckpt_path resumes a run, .*scales: \[1.0\] in the checkpoint, \[0.5, 1.0, 1.5\] "
                                           r"here; flip: false in the checkpoint, true here\."):
         check_resume(saved, given, [], "fit")
+    # how the weights were trained does not matter to an evaluation: returned for a note
     given.init_args.lr = 0.1
-    with pytest.raises(ConfigError, match=r"^--ckpt_path loads the model that test runs, .*lr: 0.01 in the "
-                                          r"checkpoint, 0.1 here\. .*allow_changed=\[lr\]"):
+    assert check_resume(saved, given, [], "test") == {"lr": (0.01, 0.1)}
+    with pytest.raises(ConfigError, match=r"^--ckpt_path resumes a run, .*lr: 0.01 in the checkpoint, 0.1 here"):
+        check_resume(saved, given, [], "fit")
+    # what the weights compute does
+    saved["head_block"], given.init_args.head_block = "gc", "none"
+    with pytest.raises(ConfigError, match=r"^--ckpt_path loads the model that test runs, .*head_block: \"gc\" in the "
+                                          r"checkpoint, \"none\" here\. .*allow_changed=\[head_block\]"):
         check_resume(saved, given, [], "test")

@@ -74,19 +74,35 @@ def decode_rgb(path: str | os.PathLike) -> torch.Tensor:
         raise _undecodable(path, error) from error
 
 
+#: how a whole file of a format ends, looked for in its last :data:`TAIL_BYTES` (JPEG's EOI
+#: marker may be followed by a camera's trailer, PNG's IEND chunk ends the file)
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
+TAIL_BYTES = 4096
+
+
 def check_image_header(path: str | os.PathLike) -> None:
     """Identify the image file's format without decoding its pixels (0.1 ms against 2 ms for a
     500x375 JPEG): an empty file, random bytes or another format raise ``DatasetError`` worded
-    as :func:`decode_rgb` words it. A truncated image with an intact header passes."""
+    as :func:`decode_rgb` words it. A JPEG or PNG whose end marker is missing from its tail (a
+    truncated file) is decoded whole, which names it if it cannot be decoded."""
     path = os.fspath(path)
     try:
         empty = os.path.getsize(path) == 0
         if not empty:
-            Image.open(path).close()
+            with Image.open(path) as opened:
+                marker = END_MARKERS.get(opened.format)
     except _PIL_ERRORS as error:
         raise _undecodable(path, error) from error
     if empty:
         raise DatasetError(f"image file {path} is empty (0 bytes)")
+    if marker is not None and marker not in _tail(path):
+        decode_rgb(path)
+
+
+def _tail(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - TAIL_BYTES))
+        return handle.read()
 
 
 def decode_label(path: str | os.PathLike) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Literal
 
@@ -81,22 +82,55 @@ def warmup_poly(warmup_steps: int, total_steps: int, power: float = 0.9) -> Call
     return with_warmup(lambda t: (1.0 - t) ** power, warmup_steps, total_steps)
 
 
+class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """A per-step ``LambdaLR`` that remembers the learning rates its optimizer was configured
+    with (``configured_lrs``, one per parameter group), which a checkpoint does not overwrite:
+    :func:`resume_schedule` rebuilds the schedule from them."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> None:
+        self.configured_lrs = [group["lr"] for group in optimizer.param_groups]
+        super().__init__(optimizer, factor)
+
+    def state_dict(self) -> dict:
+        # this run's configuration, not state: a resume keeps the one it was configured with
+        return {k: v for k, v in super().state_dict().items() if k != "configured_lrs"}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        configured = self.configured_lrs
+        super().load_state_dict(state_dict)
+        self.configured_lrs = configured
+
+
 def step_schedule(optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> dict:
-    """A per-step ``LambdaLR`` in Lightning's ``configure_optimizers`` format."""
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """A per-step :class:`StepSchedule` in Lightning's ``configure_optimizers`` format."""
+    scheduler = StepSchedule(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def resume_schedule(trainer) -> None:
-    """Set each per-step ``LambdaLR``'s learning rate for the step training starts at.
+def resume_schedule(trainer) -> list[tuple[float, float]]:
+    """Set each per-step schedule's learning rates for the step training starts at, from this
+    run's configured rates; returns the (checkpoint's, this run's) base rates that differ.
 
-    A resumed run's optimizer state brings back the learning rate of the old schedule's last
-    step, which LambdaLR uses for the first step before recomputing it. When the run was
-    extended (a larger ``max_epochs``) that rate belongs to the old schedule, e.g. 0 at the end
-    of a cosine. A fresh run's rate is unchanged (it is the schedule's own at step 0).
+    A resumed run's optimizer and scheduler state bring back the old run's base rates
+    (``base_lrs``, each group's ``initial_lr``), so a lr changed on purpose on resume
+    (``--resume.allow_changed=[lr]``) would be ignored; and the learning rate of the old
+    schedule's last step, which LambdaLR uses for the first step before recomputing it (when
+    the run was extended, a larger ``max_epochs``, that rate belongs to the old schedule, e.g.
+    0 at the end of a cosine). A fresh run's rates are unchanged (they are the schedule's own).
     """
+    changed = []
     for config in trainer.lr_scheduler_configs:
         scheduler = config.scheduler
-        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-            for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-                group["lr"] = base * factor(scheduler.last_epoch)
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            continue
+        if isinstance(scheduler, StepSchedule):
+            changed += [(old, new) for old, new in zip(scheduler.base_lrs, scheduler.configured_lrs) if old != new]
+            scheduler.base_lrs = list(scheduler.configured_lrs)
+        for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["initial_lr"] = base
+            group["lr"] = base * factor(scheduler.last_epoch)
+    if changed and trainer.is_global_zero:
+        rates = ", ".join(f"{old:g} -> {new:g}" for old, new in dict.fromkeys(changed))
+        print(f"[ctxlit] resume: the schedule goes on from this step with this run's learning rate "
+              f"(the checkpoint's -> this run's: {rates})", file=sys.stderr)
+    return changed

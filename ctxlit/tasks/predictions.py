@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from ctxlit.errors import ConfigError
+from ctxlit.preflight import check_prediction_path
 from ctxlit.utils.checks import check_positive_int
 from ctxlit.utils.files import write_atomically
 
@@ -61,8 +61,7 @@ class PredictionWriter(BasePredictionWriter):
         self.rows, self.folder, self.written = [], None, 0
         if getattr(pl_module, "predicts", "probabilities") == "label_maps":
             self.folder = Path(self.path) if self.path else Path(trainer.log_dir or ".") / "predictions"
-            if self.folder.exists() and not self.folder.is_dir():
-                raise ConfigError(f"--predictions.path {self.path}: a file; segmentation writes a folder of PNGs")
+            check_prediction_path(self.path, "label_maps")  # the CLI checked it before building anything
             # Full-resolution maps are written as they come; Lightning would also keep every one
             # in memory to return it (2 MB per Cityscapes image), which the CLI never reads.
             trainer.predict_loop.return_predictions = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import shutil
 from pathlib import Path
 
@@ -222,25 +223,37 @@ def test_bad_validation_files_are_found_before_the_first_validation(food_split):
     with pytest.raises(DatasetError) as error:
         dm.val_dataloader()
     message = str(error.value)
-    assert ("noise.jpg" in message or "empty.jpg" in message) and "(and 1 more validation files)" in message
-    assert "data.init_args.skip_unreadable=true" in message and "cut.jpg" not in message
+    assert ("noise.jpg" in message or "empty.jpg" in message or "cut.jpg" in message)
+    assert "(and 2 more validation files)" in message and "data.init_args.skip_unreadable=true" in message
     next(iter(dm.train_dataloader()))  # training files are not opened ahead (an epoch reads them anyway)
     (food_split / "val" / "salad" / "empty.jpg").unlink()
     (food_split / "val" / "noodles" / "noise.jpg").unlink()
     dm = food(food_split, batch_size=20)
     dm.setup("fit")
-    loader = dm.val_dataloader()  # a truncated file passes the header: decoding names it
-    with pytest.raises(DatasetError, match=r"cut\.jpg"):
-        list(loader)
+    with pytest.raises(DatasetError, match=r"cut\.jpg: image file is truncated"):  # its end marker is missing
+        dm.val_dataloader()
     skipping = food(food_split, skip_unreadable=True, batch_size=20)
     skipping.setup("fit")
     assert skipping.val_counts == [2, 2, 1] and sum(len(t) for _, t in skipping.val_dataloader()) == 5
 
 
-def test_fit_with_a_bad_validation_file_stops_before_training(food_split, tmp_path, monkeypatch, capsys):
+def _cut_in_half(ext: str, tmp_path: Path) -> bytes:
+    """A whole image file's first half: its header, part of its pixels, no end marker."""
+    data = write_image(tmp_path / f"whole{ext}").read_bytes()
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), [
+    ("zz_noise.jpg", lambda tmp_path: b"\x00" * 1000, ""),
+    ("zz_cut.jpg", functools.partial(_cut_in_half, ".jpg"), ": image file is truncated"),
+    ("zz_cut.png", functools.partial(_cut_in_half, ".png"), ": image file is truncated"),
+])
+def test_fit_with_a_bad_validation_file_stops_before_training(name, content, reason, food_split, tmp_path, monkeypatch,
+                                                               capsys):
     from ctxlit.fit import main
 
-    (food_split / "val" / "salad" / "zz_noise.jpg").write_bytes(b"\x00" * 1000)  # 6th of 6: past the sanity batches (2 + 1 prefetched)
+    # 6th of 6: past the sanity batches (2 + 1 prefetched); a truncated one has an intact header
+    (food_split / "val" / "salad" / name).write_bytes(content(tmp_path))
     monkeypatch.chdir(tmp_path)
     config = Path(__file__).resolve().parents[2] / "experiments" / "food" / "resnet18_112.yaml"
     code = main(["--config", str(config), f"--data.init_args.root={food_split}", "--data.init_args.image_size=32",
@@ -251,7 +264,7 @@ def test_fit_with_a_bad_validation_file_stops_before_training(food_split, tmp_pa
                  "--trainer.callbacks+=tests.data.test_food.StepsAtFailure", "--trainer.callbacks.path=steps.txt"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("error: cannot decode image file ") and "zz_noise.jpg" in err
+    assert err.strip().splitlines()[-1].startswith("error: cannot decode image file ") and f"{name}{reason}" in err
     assert (tmp_path / "steps.txt").read_text() == "0"  # not a step was trained
 
 
