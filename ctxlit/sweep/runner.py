@@ -384,12 +384,15 @@ class Runner:
             if trial.resume_from is None:
                 self._move_aside(trial)
                 trial.wandb_id = None
+            elif (trial.dir / runs.METRICS).is_file():
+                # Lightning's CSV logger deletes the metrics.csv it finds: keep it, joined back at the end
+                (trial.dir / runs.METRICS).rename(trial.dir / runs.EARLIER_METRICS.format(attempt=trial.attempt + 1))
             trial.attempt += 1
         trial.wandb_id = trial.wandb_id or generate_id()
 
     @staticmethod
     def _move_aside(trial: Trial) -> None:
-        keep = {runs.TRIAL, "sweep-params.yaml", "sweep-args.json"}
+        keep = {runs.TRIAL, "sweep-params.yaml", "sweep-args.json"}  # rewritten as they were
         leftovers = [p for p in trial.dir.iterdir() if p.name not in keep and not p.name.startswith("attempt-")]
         if not leftovers:
             return
@@ -435,6 +438,7 @@ class Runner:
         else:
             trial.status = Status.FAILED
             trial.error = last_error_line(trial.dir / "output.log") or f"exit code {code}"
+        runs.join_metrics(trial.dir)
         trial.save()  # first the status: the run model's final metric is a done run's only
         trial.metric = runs.read_run(trial.dir).final(self.metric) if self.metric else None
         trial.save()
