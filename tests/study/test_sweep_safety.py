@@ -324,7 +324,7 @@ def test_editing_the_sweep_file_never_touches_a_finished_trial(tmp_path, offline
 @pytest.mark.slow
 def test_a_second_runner_on_the_same_sweep_exits_naming_the_first(tmp_path, offline_env):
     env, sweep_dir = env_for_trials(offline_env), tmp_path / "runs" / "sweeps" / "tiny"
-    path = slow_sweep(tmp_path / "tiny.yaml", ["none", "se"], steps=6, seconds=0.2)
+    path = slow_sweep(tmp_path / "tiny.yaml", ["none"], steps=6, seconds=0.2)
     argv = [sys.executable, "-m", "ctxlit.sweep", "run", str(path)]
     first = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
