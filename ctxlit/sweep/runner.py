@@ -57,8 +57,8 @@ def trial_key(sweep: dict, params: dict) -> str:
 class Trial:
     index: int
     params: dict
-    key: str
     dir: Path
+    key: str = ""  # trial_key(sweep, params)
     status: Status = Status.PENDING
     metric: float | None = None
     seconds: float | None = None
@@ -69,6 +69,9 @@ class Trial:
     attempt: int = 1
     resume_from: Path | None = None  # the attempt about to start continues from this last.ckpt
     in_sweep: bool = True  # False: a trial of an earlier version of the sweep file, kept as it was
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # a record's string, checked
 
     def save(self) -> None:
         runs.write_trial(self.dir, {
@@ -495,6 +498,9 @@ class Runner:
             self.plan()
         else:
             self.trials = self._previous_trials()
+        for trial in self.trials:  # an orphan of a runner killed long ago finished on its own: record it
+            if trial.status.done and Status.parse((runs.read_run(trial.dir).trial or {}).get("status")) is not trial.status:
+                trial.save()
         todo = [t for t in self.trials if t.in_sweep and not t.status.done and t.status is not Status.RUNNING]
         for trial in self.trials:
             if trial.in_sweep and trial.status is Status.RUNNING:

@@ -200,6 +200,21 @@ def test_a_trial_whose_process_lives_is_never_started_again(tmp_path):
         alive.wait()
 
 
+def test_a_trial_that_finished_after_its_runner_died_is_recorded_not_run_again(tmp_path):
+    path = write_sweep(tmp_path / "s.yaml", ["none"])
+    (trial,) = sweep_cli.Runner(path, root=tmp_path, quiet=True).plan()
+    finish(trial)
+    gone = subprocess.Popen(["true"])
+    trial.status, trial.process = Status.RUNNING, runs.process_token(gone.pid)
+    gone.wait()
+    trial.save()  # the runner's record says running; the trial's own summary says finished
+    (after,) = sweep_cli.Runner(path, root=tmp_path, quiet=True).run()
+    assert after.status is Status.FINISHED and after.attempt == 1 and after.metric == 0.5
+    record = json.loads((trial.dir / runs.TRIAL).read_text())
+    assert (record["status"], record["metric"]) == ("finished", 0.5)
+    assert sorted(p.name for p in trial.dir.iterdir()) == ["config.yaml", "summary.json", "trial.json"]
+
+
 # -- one runner, no orphans ------------------------------------------------------------------------
 
 
