@@ -358,6 +358,11 @@ class Runner:
             trial.resume_from = resume_point(trial)
         return trials
 
+    def to_run(self) -> list[Trial]:
+        """The trials of the file this run starts: all but the done ones and those whose process
+        is still alive (pending, interrupted: resumed, failed: run again)."""
+        return [t for t in self.trials if t.in_sweep and not t.status.done and t.status is not Status.RUNNING]
+
     def _previous_trials(self) -> list[Trial]:
         """random/bayes: the trials so far, in the order they were proposed."""
         return sorted(self.recorded(), key=lambda t: t.index)[: self.count]
@@ -501,7 +506,7 @@ class Runner:
         for trial in self.trials:  # an orphan of a runner killed long ago finished on its own: record it
             if trial.status.done and Status.parse((runs.read_run(trial.dir).trial or {}).get("status")) is not trial.status:
                 trial.save()
-        todo = [t for t in self.trials if t.in_sweep and not t.status.done and t.status is not Status.RUNNING]
+        todo = self.to_run()
         for trial in self.trials:
             if trial.in_sweep and trial.status is Status.RUNNING:
                 print(f"[ctxlit] {trial.dir.name}: {trial.note}", file=sys.stderr)

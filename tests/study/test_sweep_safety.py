@@ -117,8 +117,10 @@ def test_a_trial_is_found_by_its_parameters_wherever_it_sits_in_the_file(tmp_pat
     for trial in first:
         finish(trial)
     write_sweep(path, ["none", "se", GC])  # a value inserted in the middle
-    again = sweep_cli.Runner(path, root=tmp_path, quiet=True).plan()
+    runner = sweep_cli.Runner(path, root=tmp_path, quiet=True)
+    again = runner.plan()
     assert [t.status for t in again] == [Status.FINISHED, Status.PENDING, Status.FINISHED]
+    assert runner.to_run() == [again[1]]
     assert again[0].dir == first[0].dir and again[2].dir == first[1].dir
     assert again[1].dir.name.startswith("trial-002-") and again[1].dir not in {t.dir for t in first}
     write_sweep(path, [GC])  # reordered, one removed: kept, listed as not in the file
@@ -157,7 +159,7 @@ def test_a_failed_trial_runs_again_and_its_attempt_is_kept(tmp_path):
     trial.save()
     runner = sweep_cli.Runner(path, root=tmp_path, quiet=True)
     (again,) = runner.plan()
-    assert again.status is Status.FAILED and again.dir == trial.dir
+    assert again.status is Status.FAILED and again.dir == trial.dir and runner.to_run() == [again]
     runner.prepare(again)
     assert again.resume_from is None and again.attempt == 2 and again.wandb_id not in (None, "run1")
     assert (trial.dir / "attempt-1" / "output.log").read_text() == "error: boom\n"
@@ -175,6 +177,7 @@ def test_an_interrupted_trial_resumes_from_its_last_checkpoint_in_its_wandb_run(
     trial.status, trial.wandb_id = Status.INTERRUPTED, "run1"
     trial.save()
     (again,) = runner.plan()
+    assert runner.to_run() == [again]
     runner.prepare(again)
     assert again.wandb_id == "run1" and again.attempt == 2
     assert sweep_cli.trial_argv(runner.sweep, again)[-2:] == ["--ckpt_path", str(trial.dir / "checkpoints/last.ckpt")]
