@@ -181,7 +181,7 @@ def trial_argv(sweep: dict, trial: Trial) -> list[str]:
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_the_runner(runner_pid: int):
+def die_with_the_runner(runner_pid: int):
     """For ``preexec_fn``: the trial (the leader of its own process group) gets SIGTERM when the
     runner dies, SIGKILL included (Linux ``prctl(PR_SET_PDEATHSIG)``). SIGTERM, not SIGKILL:
     Lightning then saves ``last.ckpt`` at the next batch and passes the signal to its DDP ranks."""
@@ -429,7 +429,7 @@ class Runner:
             # Its own process group (stopped as a whole: DDP ranks, W&B's service), and it dies
             # with the runner. No lock or other runner file is inherited (close_fds).
             proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, preexec_fn=_die_with_the_runner(os.getpid()))
+                                    start_new_session=True, preexec_fn=die_with_the_runner(os.getpid()))
         trial.process = runs.process_token(proc.pid)
         trial.save()
         self.running[slot] = (proc, trial, time.monotonic())

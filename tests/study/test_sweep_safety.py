@@ -239,9 +239,9 @@ def test_one_runner_per_sweep_folder_and_a_dead_holders_lock_is_taken(tmp_path):
 
 def test_a_trial_process_dies_with_its_runner_even_by_sigkill(tmp_path):
     """The runner's own way of starting a trial (own process group, PR_SET_PDEATHSIG)."""
-    script = ("import os, subprocess, sys; from ctxlit.sweep.runner import _die_with_the_runner\n"
+    script = ("import os, subprocess, sys; from ctxlit.sweep.runner import die_with_the_runner\n"
               "p = subprocess.Popen(['sleep', '60'], start_new_session=True, "
-              "preexec_fn=_die_with_the_runner(os.getpid()))\n"
+              "preexec_fn=die_with_the_runner(os.getpid()))\n"
               "print(p.pid, flush=True); import time; time.sleep(60)")
     fake_runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     child = int(fake_runner.stdout.readline())
@@ -342,11 +342,16 @@ def test_editing_the_sweep_file_never_touches_a_finished_trial(tmp_path, offline
 @pytest.mark.slow
 def test_a_second_runner_on_the_same_sweep_exits_naming_the_first(tmp_path, offline_env):
     env, sweep_dir = env_for_trials(offline_env), tmp_path / "runs" / "sweeps" / "tiny"
-    path = slow_sweep(tmp_path / "tiny.yaml", ["none"], steps=6, seconds=0.2)
+    path = slow_sweep(tmp_path / "tiny.yaml", ["none"], steps=12, seconds=0.3)
     argv = [sys.executable, "-m", "ctxlit.sweep", "run", str(path)]
     first = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: trial_records(sweep_dir), 120, "the first runner to start a trial")
+        name = wait_for(lambda: next(iter(trial_records(sweep_dir)), None), 120, "the first runner to start a trial")
+        # the fit says it is running, and which process it is, from its start
+        running = wait_for(lambda: runs.read_run(sweep_dir / name).summary, 120, "the trial's summary.json")
+        assert running["status"] == "running" and running["format"] == runs.FORMAT_VERSION
+        assert running["process"] == json.loads((sweep_dir / name / runs.TRIAL).read_text())["process"]
+        assert runs.read_run(sweep_dir / name).status is Status.RUNNING
         started = time.monotonic()
         second = run_sweep(path, tmp_path, env, timeout=120)
         assert time.monotonic() - started < 60
@@ -396,7 +401,7 @@ def test_sigkill_of_the_runner_ends_its_trial_and_the_next_run_resumes_it(tmp_pa
     summary = json.loads((trial / runs.SUMMARY).read_text())
     assert record["status"] == summary["status"] == "finished" and record["attempt"] == 2
     assert record["command"][-2:] == ["--ckpt_path", str(Path("runs/sweeps/tiny") / name / "checkpoints/last.ckpt")]
-    assert summary["steps"] == steps
+    assert summary["steps"] == steps and summary["provenance"]["torch"] and summary["provenance"]["device"] == "cpu"
     # each step once: the killed attempt's up to its signal, then the resumed one's (not from 0 again)
     assert [int(r["step"]) for r in runs.read_run(trial).rows if r.get("train/loss")] == list(range(steps))
     assert (trial / "metrics-before-attempt-2.csv").is_file()
