@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -401,7 +400,7 @@ def test_sigkill_of_the_runner_ends_its_trial_and_the_next_run_resumes_it(tmp_pa
     summary = json.loads((trial / runs.SUMMARY).read_text())
     assert record["status"] == summary["status"] == "finished" and record["attempt"] == 2
     assert record["command"][-2:] == ["--ckpt_path", str(Path("runs/sweeps/tiny") / name / "checkpoints/last.ckpt")]
-    assert summary["steps"] == steps and summary["provenance"]["torch"] and summary["provenance"]["device"] == "cpu"
+    assert summary["steps"] == steps and summary["provenance"]["torch"] and summary["provenance"]["device"]
     # each step once: the killed attempt's up to its signal, then the resumed one's (not from 0 again)
     assert [int(r["step"]) for r in runs.read_run(trial).rows if r.get("train/loss")] == list(range(steps))
     assert (trial / "metrics-before-attempt-2.csv").is_file()
