@@ -307,7 +307,7 @@ def test_editing_the_sweep_file_never_touches_a_finished_trial(tmp_path, offline
     nothing is deleted, the removed one is listed as not in the file."""
     env, sweep_dir = runner_env(offline_env), tmp_path / "runs" / "sweeps" / "tiny"
     path = write_sweep(tmp_path / "tiny.yaml", ["none", GC])
-    result = run_sweep(path, tmp_path, env)
+    result = run_sweep(path, tmp_path, env, "--parallel", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     first = by_block(sweep_dir)
     before = {block: fingerprint(sweep_dir / name) for block, name in first.items()}
