@@ -157,6 +157,46 @@ def write_test_metrics(run_dir: Path, record: dict) -> Path:
     return _write_json(Path(run_dir) / TEST_METRICS, record)
 
 
+#: Where a resumed attempt's earlier metrics.csv waits (Lightning's CSV logger deletes the
+#: metrics.csv it finds when it starts): ``metrics-before-attempt-N.csv``.
+EARLIER_METRICS = "metrics-before-attempt-{attempt}.csv"
+
+
+def join_metrics(run_dir: Path) -> Path | None:
+    """``metrics.csv`` whole again after resumed attempts: each earlier file's rows up to the
+    step its next attempt resumed from, then that attempt's rows (a resume from an older
+    ``last.ckpt`` logs its steps again: the later values stand). The earlier files stay."""
+    run_dir = Path(run_dir)
+    earlier = sorted(run_dir.glob(EARLIER_METRICS.format(attempt="*")),
+                     key=lambda p: int(p.stem.rsplit("-", 1)[1]) if p.stem.rsplit("-", 1)[1].isdigit() else 0)
+    if not earlier:
+        return None
+    parts = [_csv_rows(path) for path in [*earlier, run_dir / METRICS]]
+    rows: list[dict] = []
+    for part in parts:
+        steps = [finite(r.get("step")) for r in part if finite(r.get("step")) is not None]
+        if steps:
+            rows = [r for r in rows if (finite(r.get("step")) or 0) < min(steps)]
+        rows += part
+    fields = sorted({k for row in rows for k in row if k is not None})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(run_dir / METRICS, text.getvalue())
+    return run_dir / METRICS
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # a row cut mid-write
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
 def provenance() -> dict:
     """What made a run: ctxlit's version and git commit, torch/torchvision/Lightning versions and
     the device. Read lazily (the imports are the callers' already)."""

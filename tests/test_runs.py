@@ -123,3 +123,17 @@ def test_run_folders_are_found_below_a_sweep_folder_and_through_links(tmp_path):
     elsewhere = finished_run((tmp_path / "other").mkdir() or tmp_path / "other")
     (sweep / "linked").symlink_to(elsewhere)
     assert [p.name for p in runs.find_run_folders(sweep)] == ["linked", "trial-000", "trial-001"]
+
+
+def test_metrics_of_resumed_attempts_are_joined_in_step_order(tmp_path):
+    """Lightning's CSV logger deletes the metrics.csv it finds; the runner keeps it aside. A
+    resume from an older last.ckpt logs steps 2-3 again: the later values stand."""
+    (tmp_path / "metrics-before-attempt-2.csv").write_text("epoch,step,train/loss\n0,0,1.0\n0,1,0.9\n0,2,0.8\n0,3,0.7\n")
+    (tmp_path / runs.METRICS).write_text("epoch,step,train/loss,val/acc1\n0,2,0.75,\n0,3,0.65,\n0,3,,0.5\n1,4,0.6,\n")
+    runs.join_metrics(tmp_path)
+    rows = runs.read_run(tmp_path).rows
+    assert [(r["step"], r["train/loss"], r["val/acc1"]) for r in rows] == [
+        ("0", "1.0", ""), ("1", "0.9", ""), ("2", "0.75", ""), ("3", "0.65", ""), ("3", "", "0.5"), ("4", "0.6", "")]
+    assert (tmp_path / "metrics-before-attempt-2.csv").is_file()  # nothing deleted
+    runs.join_metrics(tmp_path)  # joining again changes nothing
+    assert runs.read_run(tmp_path).rows == rows

@@ -11,9 +11,15 @@ and their command lines from wandb's own builder (``create_sweep_command_args``,
 ``run`` needs no W&B server. Each trial runs in its own process with the environment the agent
 gives it (``WANDB_SWEEP_PARAM_PATH``: its parameters go into the run config) plus
 ``WANDB_RUN_GROUP`` (the sweep's name) and ``CTXLIT_RUN_DIR``, so its CSV logs, checkpoints,
-``summary.json`` and W&B files land in ``runs/sweeps/<sweep>/<trial>/``. ``trial.json`` there
-records its parameters, command, status, metric and time. Running again resumes: finished trials
-are skipped, failed or interrupted ones start afresh. ``--parallel N`` runs N trials at once,
+``summary.json`` and W&B files land in ``runs/sweeps/<sweep>/trial-NNN-<key>/``. ``trial.json``
+there records its parameters, identity (``<key>``, a hash of the parameters and the command),
+command, process, W&B run id, status, metric and time.
+
+Running again resumes, by identity: a configuration already done is skipped wherever it now sits
+in the file; an interrupted one continues from its ``last.ckpt`` and its W&B run; a failed one
+starts again, its earlier attempt moved to ``attempt-N/``; trials no longer in the file are kept
+and listed as such. Nothing is deleted. One runner per sweep folder (``runner.lock``), and a
+trial's processes end when its runner does, however it ends. ``--parallel N`` runs N trials at once,
 each pinned to its own GPUs through ``CUDA_VISIBLE_DEVICES`` (one agent per GPU set, as W&B
 recommends); on CPU the slots are processes sharing the cores. A sweep with ``early_terminate:``
 (hyperband) has its running trials judged every few seconds by W&B's own ``stop_runs`` on their
@@ -30,51 +36,59 @@ import json
 import sys
 from pathlib import Path
 
-from ctxlit.sweep.files import (  # noqa: F401  (_engine: W&B's engine, for callers that drive it)
-    AGENT_ENV, AGENT_INTERPRETER, SWEEPS_ROOT, SweepError, _engine, agent_command, enumerate_trials, load_sweep,
+from ctxlit.runs import Status
+from ctxlit.sweep.files import (
+    AGENT_ENV, AGENT_INTERPRETER, SWEEPS_ROOT, SweepError, agent_command, engine, enumerate_trials, load_sweep,
     parse_problem, schema_problems, sweep_name, trial_config, validate,
 )
-from ctxlit.sweep.runner import DONE, Runner, Trial, load_trial, metric_history, metric_of, trial_env
+from ctxlit.sweep.runner import Runner, SweepLock, Trial, metric_history, shown, trial_argv, trial_env, trial_key
 
 __all__ = [
-    "AGENT_ENV", "AGENT_INTERPRETER", "DONE", "SWEEPS_ROOT", "Runner", "SweepError", "Trial", "agent_command",
-    "enumerate_trials", "load_sweep", "load_trial", "main", "metric_history", "metric_of", "parse_problem",
-    "schema_problems", "sweep_name", "trial_config", "trial_env", "validate",
+    "AGENT_ENV", "AGENT_INTERPRETER", "SWEEPS_ROOT", "Runner", "SweepError", "SweepLock", "Trial", "agent_command",
+    "engine", "enumerate_trials", "load_sweep", "main", "metric_history", "parse_problem", "schema_problems",
+    "sweep_name", "trial_argv", "trial_config", "trial_env", "trial_key", "validate",
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ctxlit.sweep", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_validate = sub.add_parser("validate", help="check sweep files: W&B's schema, then every trial as a ctxlit config")
+    root = dict(default=str(SWEEPS_ROOT), help=f"where sweep folders go ({SWEEPS_ROOT})")
+    p_validate = sub.add_parser("validate", help="check sweep files: W&B's schema, then every trial as a ctxlit config; "
+                                                 "print each trial's command line")
     p_validate.add_argument("files", nargs="+")
     p_validate.add_argument("--count", type=int, default=3, help="random/bayes: how many proposals to parse (3)")
-    p_plan = sub.add_parser("plan", help="the numbered trials as the command lines the agent runs")
+    p_validate.add_argument("--root", **root)
+    p_plan = sub.add_parser("plan", help="the numbered trials as the command lines the runner runs")
     p_plan.add_argument("file")
     p_plan.add_argument("--count", type=int, help="random/bayes: how many (grids list every trial)")
+    p_plan.add_argument("--root", **root)
     p_run = sub.add_parser("run", help="run the trials here, no W&B server needed")
     p_run.add_argument("file")
     p_run.add_argument("--parallel", type=int, default=1, help="trials at once, each on its own GPUs (1)")
-    p_run.add_argument("--devices-per-trial", type=int, default=1, help="GPUs visible to each trial (1)")
+    p_run.add_argument("--devices-per-trial", type=int,
+                       help="GPUs visible to each trial (the file's trainer.devices, else 1); must equal trainer.devices")
     p_run.add_argument("--count", type=int, help="at most this many trials (random/bayes: required)")
-    p_run.add_argument("--root", default=str(SWEEPS_ROOT), help=f"where sweep folders go ({SWEEPS_ROOT})")
+    p_run.add_argument("--root", **root)
     args = parser.parse_args(argv)
     try:
+        if args.count is not None and args.count < 1:
+            raise SweepError(f"--count must be at least 1 (got {args.count})")
         if args.command == "validate":
-            return _validate(args.files, args.count)
+            return _validate(args.files, args.count, Path(args.root))
         if args.command == "plan":
-            return _plan(args.file, args.count)
+            return _plan(args.file, args.count, Path(args.root))
         runner = Runner(args.file, args.parallel, args.devices_per_trial, args.count, Path(args.root))
         trials = runner.run()
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if runner._stopping:
+    if runner.stopping:
         return 143
-    return 0 if all(t.status in DONE for t in trials) else 1
+    return 0 if all(t.status.done for t in trials if t.in_sweep) else 1
 
 
-def _validate(files: list[str], count: int) -> int:
+def _validate(files: list[str], count: int, root: Path) -> int:
     bad = 0
     for path in files:
         problems, parsed = validate(path, count)
@@ -83,21 +97,25 @@ def _validate(files: list[str], count: int) -> int:
             print(f"{path}: {len(problems)} problem(s)")
             for problem in problems:
                 print(f"  {problem}")
-        else:
-            print(f"{path}: ok ({parsed} trials parsed)")
+            continue
+        print(f"{path}: ok ({parsed} trials parsed); each trial runs:")
+        runner = Runner(path, count=None if load_sweep(path).get("method") == "grid" else count, root=root, quiet=True)
+        for trial in runner.planned():
+            print(f"  {trial.dir.name}: {shown(trial_argv(runner.sweep, trial))}")
     return 1 if bad else 0
 
 
-def _plan(path: str, count: int | None) -> int:
-    sweep = load_sweep(path)
-    problems = schema_problems(sweep)
-    if problems:
-        raise SweepError(f"{path}: " + "; ".join(problems))
-    name = sweep_name(path, sweep)
-    trials = enumerate_trials(sweep, count)
-    for i, params in enumerate(trials):
-        args_file = f"{SWEEPS_ROOT / name / f'trial-{i:03d}' / 'sweep-args.json'}"
-        print(f"{i:3d}  {json.dumps(params)}")
-        print(f"     {' '.join(agent_command(sweep, params, args_file))}")
+def _plan(path: str, count: int | None, root: Path) -> int:
+    runner = Runner(path, count=count, root=root, quiet=True)
+    trials = runner.planned()
+    print(f"[ctxlit] each trial runs in its folder under {runner.dir} with CTXLIT_RUN_DIR=<folder>, "
+          f"WANDB_RUN_GROUP={runner.name}, WANDB_RUN_ID=<its run id>, WANDB_RESUME=allow, "
+          f"WANDB_SWEEP_PARAM_PATH=<folder>/sweep-params.yaml")
+    for i, trial in enumerate(trials):
+        state = ("done: skipped" if trial.status.done else "running elsewhere: not started" if trial.status is Status.RUNNING
+                 else f"resumes from {trial.resume_from}" if trial.resume_from else trial.status.value)
+        print(f"{i:3d}  {trial.dir.name}  ({state})  {json.dumps(trial.params)}")
+        print(f"     {shown(trial_argv(runner.sweep, trial))}")
     print(f"{len(trials)} trials")
     return 0
+

@@ -36,10 +36,29 @@ def load_sweep(path: str | Path) -> dict:
 
 
 def sweep_name(path: str | Path, sweep: dict) -> str:
+    """The sweep's folder name under ``--root``: its ``name:``, else the file's stem. A plain
+    name only: a path in it would put the sweep's folder (and what the runner writes and moves
+    there) outside ``--root``."""
+    problem = name_problem(sweep)
+    if problem:
+        raise SweepError(f"{path}: {problem}")
     return str(sweep.get("name") or Path(path).stem)
 
 
-def _engine():
+def name_problem(sweep: dict) -> str | None:
+    name = sweep.get("name")
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.strip():
+        return f"name: {name!r} is not a name (a plain folder name such as gcnet-ablation)"
+    if "/" in name or "\\" in name or name in (".", "..") or name != name.strip() or "\0" in name:
+        return (f"name: {name!r} is not a plain name: no '/', '\\', '..' or leading/trailing spaces "
+                f"(it names the sweep's folder under --root)")
+    return None
+
+
+def engine():
+    """W&B's sweep engine (the ``sweeps`` package)."""
     # pydantic 2 warns about the sweeps package's v1-style config on import: not the user's concern.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -47,18 +66,20 @@ def _engine():
     return sweeps
 
 
-def _next_run(sweep: dict, history: list):
+def next_run(sweep: dict, history: list):
     """The engine's next proposal; bayes' Gaussian-process fit warns about converging on few
     results, which says nothing the user can act on."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _engine().next_run(sweep, history)
+        return engine().next_run(sweep, history)
 
 
 def schema_problems(sweep: dict) -> list[str]:
     """W&B's schema violations, in W&B's words, plus ``value:`` holding a list (which the schema
     accepts as a constant, where ``values:`` was almost always meant)."""
-    problems = list(_engine().schema_violations_from_proposed_config(sweep))
+    problems = list(engine().schema_violations_from_proposed_config(sweep))
+    if name_problem(sweep):
+        problems.append(name_problem(sweep))
     for key, spec in (sweep.get("parameters") or {}).items():
         if isinstance(spec, dict) and isinstance(spec.get("value"), list):
             problems.append(f"parameter {key!r} has `value:` with a list {spec['value']!r}: that is one constant "
@@ -73,7 +94,7 @@ def schema_problems(sweep: dict) -> list[str]:
 def enumerate_trials(sweep: dict, count: int | None = None) -> list[dict]:
     """A grid's trials in the engine's order (all, or the first ``count``); for random/bayes the
     first ``count`` proposals with no results yet. Each trial is ``{dotted key: value}``."""
-    sweeps = _engine()
+    sweeps = engine()
     if sweep.get("method") == "grid":
         runs = sweeps.next_runs(sweep, [], n=10**6)
         trials = [run.config for run in runs if run is not None]
@@ -82,7 +103,7 @@ def enumerate_trials(sweep: dict, count: int | None = None) -> list[dict]:
             raise SweepError(f"method {sweep.get('method')!r} has no end: give --count N (or run_cap: in the file)")
         trials, history = [], []
         for _ in range(count):
-            run = _next_run(sweep, history)
+            run = next_run(sweep, history)
             if run is None:
                 break
             run.state = sweeps.RunState.running

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -13,10 +12,11 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from ctxlit import runs
 from ctxlit.backbones import describe_plugins
+from ctxlit.runs import Status
 from ctxlit.tasks.faults import finite_state
 from ctxlit.utils.complexity import NOTE_NOT_COUNTED, measure_complexity
-from ctxlit.utils.files import write_atomically
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -92,11 +92,18 @@ class RunSummary(pl.Callback):
         self._paused = self._paused_at_last_end = 0.0
         self._validation_start = 0.0
         self._fit_start = 0.0
+        self._provenance: dict | None = None
 
     # -- start -------------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
+        if trainer.is_global_zero and not trainer.fast_dev_run:
+            # "running", with this process: a reader tells a run in progress from one killed
+            # before its end (its process gone) without waiting for an end that never comes.
+            self._provenance = runs.provenance()
+            runs.write_summary(run_directory(trainer), {"status": Status.RUNNING.value, "process": runs.process_token(),
+                                                        "provenance": self._provenance})
         shape = getattr(trainer.datamodule, "input_shape", None)
         network = getattr(pl_module, "network", pl_module)
         if shape is not None and trainer.is_global_zero:
@@ -160,28 +167,27 @@ class RunSummary(pl.Callback):
         if trainer.is_global_zero:
             print(self.summary_text(trainer))
             if not trainer.fast_dev_run:  # a smoke test leaves no files (Lightning's loggers are off too)
-                self.write_summary(trainer, "finished")
+                self.write_summary(trainer, Status.FINISHED)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.fit_seconds = time.perf_counter() - self._fit_start
         # Only into a run folder that exists: an error at setup (a bad option) leaves none behind.
         if trainer.is_global_zero and run_directory(trainer).is_dir():
-            status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) else "failed"
+            interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+            status = Status.INTERRUPTED if interrupted else Status.FAILED
             self.write_summary(trainer, status, error=f"{type(exception).__name__}: {exception}")
 
-    def write_summary(self, trainer: pl.Trainer, status: str, error: str | None = None) -> Path:
-        """``summary.json`` beside ``metrics.csv`` and ``config.yaml``: what the sweep runner
-        and ``ctxlit.report`` read. Written whole (temp file + rename), never half."""
-        path = run_directory(trainer) / "summary.json"
-        write_atomically(path, json.dumps(self.summary_record(trainer, status, error), indent=2) + "\n")
-        return path
+    def write_summary(self, trainer: pl.Trainer, status: Status, error: str | None = None) -> Path:
+        """``summary.json`` beside ``metrics.csv`` and ``config.yaml`` (through ctxlit.runs, its
+        one writer): what the sweep runner and ``ctxlit.report`` read."""
+        return runs.write_summary(run_directory(trainer), self.summary_record(trainer, status, error))
 
-    def summary_record(self, trainer: pl.Trainer, status: str, error: str | None = None) -> dict:
+    def summary_record(self, trainer: pl.Trainer, status: Status, error: str | None = None) -> dict:
         ckpt = trainer.checkpoint_callback
         c = self.complexity
         best = ckpt.best_model_score if ckpt is not None else None
         return {
-            "status": status,  # finished | failed | interrupted
+            "status": Status(status).value,  # finished | failed | interrupted
             "error": error,
             "task": type(trainer.lightning_module).__name__,
             "metrics": scalar_metrics(trainer),  # the last logged value of every scalar
@@ -200,6 +206,7 @@ class RunSummary(pl.Callback):
             "best_checkpoint": (ckpt.best_model_path or None) if ckpt is not None else None,
             "last_checkpoint": (ckpt.last_model_path or None) if ckpt is not None else None,
             "wandb": wandb_run_info(trainer),
+            "provenance": self._provenance or runs.provenance(),
         }
 
     def summary_text(self, trainer: pl.Trainer) -> str:

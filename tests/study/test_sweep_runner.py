@@ -67,12 +67,29 @@ def test_gcnet_synthetic_plan_is_the_8_cells_and_the_baseline_per_seed():
     assert all(sorted(seeds) == [0, 1, 2] for seeds in configs.values())
 
 
-def test_plan_prints_the_agents_command_lines(capsys):
-    assert sweep_cli.main(["plan", str(ROOT / "sweeps" / "gcnet_ablation_synthetic.yaml")]) == 0
+def test_plan_prints_the_command_lines_the_runner_runs(tmp_path, capsys):
+    path = ROOT / "sweeps" / "gcnet_ablation_synthetic.yaml"
+    assert sweep_cli.main(["plan", str(path), "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.strip().endswith("27 trials")
-    assert ("/usr/bin/env python -m ctxlit.fit --config experiments/synthetic/default.yaml --config "
-            "runs/sweeps/gcnet-ablation-synthetic/trial-000/sweep-args.json") in out
+    sweep = sweep_cli.load_sweep(path)
+    key = sweep_cli.trial_key(sweep, sweep_cli.enumerate_trials(sweep)[0])
+    assert (f"/usr/bin/env {sys.executable} -m ctxlit.fit --config experiments/synthetic/default.yaml --config "
+            f"{tmp_path}/gcnet-ablation-synthetic/trial-000-{key}/sweep-args.json") in out
+
+
+def test_validate_prints_the_exact_command_each_trial_runs(tmp_path, capsys):
+    """A sweep's command runs any program (as ``wandb agent`` does): validate shows each one."""
+    path = write_sweep(tmp_path / "s.yaml", ["none", "se"])
+    assert sweep_cli.main(["validate", str(path), "--root", str(tmp_path / "runs")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{path}: ok (2 trials parsed); each trial runs:"
+    sweep = sweep_cli.load_sweep(path)
+    for line, params in zip(lines[1:], sweep_cli.enumerate_trials(sweep)):
+        folder = tmp_path / "runs" / "tiny" / f"trial-{lines.index(line) - 1:03d}-{sweep_cli.trial_key(sweep, params)}"
+        assert line == f"  {folder.name}: /usr/bin/env {sys.executable} -m ctxlit.fit --config {DEFAULT} --config " \
+                       f"{folder}/sweep-args.json"
+    assert len(lines) == 3
 
 
 def test_agent_command_is_wandbs_rendering():
@@ -109,7 +126,14 @@ def runner_env(offline_env) -> dict:
 
 
 def trial_records(sweep_dir: Path) -> dict[str, dict]:
+    """``trial.json`` of each trial folder, by folder name, in folder order (trial-NNN-<key>)."""
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("trial-*/trial.json"))}
+
+
+def wandb_run_ids(trial_dir: Path) -> set[str]:
+    """The W&B run ids of a trial's offline run folders (``offline-run-<time>-<id>``): a resumed
+    attempt adds a folder to the same run."""
+    return {p.name.rsplit("-", 1)[1] for p in (trial_dir / "wandb").glob("offline-run-*")}
 
 
 @pytest.mark.slow
@@ -138,22 +162,23 @@ def test_run_in_parallel_stop_and_resume(tmp_path, offline_env):
     result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 1, result.stderr[-2000:]  # one trial fails by design
     records = trial_records(sweep_dir)
-    assert [records[n]["status"] for n in ("trial-000", "trial-001", "trial-002")] == ["finished", "finished", "failed"]
-    assert "fusion" in records["trial-002"]["error"] and "bogus" in records["trial-002"]["error"]
-    for name in ("trial-000", "trial-001"):
+    names = list(records)
+    assert [n[:9] for n in names] == ["trial-000", "trial-001", "trial-002"]
+    assert [records[n]["status"] for n in names] == ["finished", "finished", "failed"]
+    assert "fusion" in records[names[2]]["error"] and "bogus" in records[names[2]]["error"]
+    for name in names[:2]:
         trial = sweep_dir / name
         assert {"metrics.csv", "config.yaml", "summary.json", "checkpoints"} <= {p.name for p in trial.iterdir()}
-        runs = list((trial / "wandb").glob("offline-run-*"))
-        assert len(runs) == 1, runs  # nothing duplicated by the stop and the re-run
         summary = json.loads((trial / "summary.json").read_text())
+        assert wandb_run_ids(trial) == {summary["wandb"]["id"]}  # one W&B run, resumed if it was stopped
         assert summary["wandb"]["group"] == "tiny"
         assert records[name]["metric"] == pytest.approx(summary["metrics"]["val/acc1"])
         assert (trial / "metrics.csv").read_text().count("\n") > 1
     for name in done_first:  # finished before the stop: not run again
         assert json.loads((sweep_dir / name / "summary.json").read_text())["wandb"]["id"] == first_ids[name]
     table = (sweep_dir / "trials.md").read_text()
-    assert "| trial | model.init_args.block | status | val/acc1 | seconds |" in table
-    assert "SqueezeExcite" not in table and "| se |" in table and "trial-002 failed:" in table
+    assert "| trial | model.init_args.block | status | val/acc1 | seconds | note |" in table
+    assert "SqueezeExcite" not in table and "| se |" in table and f"{names[2]} failed:" in table
     assert (sweep_dir / "trials.csv").read_text().count("\n") == 4
 
 

@@ -14,6 +14,7 @@ import yaml
 from lightning_fabric.loggers import CSVLogger
 
 from ctxlit import sweep as sweep_cli
+from ctxlit.runs import Status
 from tests.study.test_sweep_runner import COMMAND, runner_env, tiny_constants, trial_records, write_sweep
 
 LR = {"distribution": "log_uniform_values", "min": 0.01, "max": 1.0}
@@ -57,9 +58,9 @@ def test_bayes_next_trial_is_the_engines_given_the_finished_metrics(tmp_path):
     done = [(0.02, 0.1), (0.05, 0.15), (0.1, 0.2), (0.2, 0.5), (0.5, 0.9)]
     for i, (lr, acc) in enumerate(done):
         params = {**sweep_cli.enumerate_trials(runner.sweep, 1)[0], "model.init_args.lr": lr}
-        runner.trials.append(sweep_cli.Trial(index=i, params=params, dir=runner.dir / f"trial-{i:03d}",
-                                             status="finished", metric=acc))
-    sweeps = sweep_cli._engine()
+        runner.trials.append(sweep_cli.Trial(index=i, params=params, key=runner.key(params),
+                                             dir=runner.dir / f"trial-{i:03d}", status=Status.FINISHED, metric=acc))
+    sweeps = sweep_cli.engine()
     by_hand = [sweeps.SweepRun(name=f"r{i}", state=sweeps.RunState.finished,
                                config={k: {"value": v} for k, v in t.params.items()},
                                summary_metrics={"val/acc1": t.metric}) for i, t in enumerate(runner.trials)]
@@ -67,7 +68,7 @@ def test_bayes_next_trial_is_the_engines_given_the_finished_metrics(tmp_path):
     expected = sweeps.next_run(runner.sweep, by_hand).config["model.init_args.lr"]["value"]
     np.random.seed(0)
     proposal = runner._next_proposal()
-    assert proposal.index == 5 and proposal.dir.name == "trial-005"
+    assert proposal.index == 5 and proposal.dir.name == f"trial-005-{runner.key(proposal.params)}"
     assert proposal.params["model.init_args.lr"] == pytest.approx(expected)
     assert expected > 0.5  # it looks where the accuracy was highest
     np.random.seed(0)  # the metrics matter: reversed results send it the other way
@@ -83,27 +84,28 @@ def test_hyperband_stops_the_running_trials_the_engine_names(tmp_path):
     """Bands at 1, 2, 4 validations; a running trial worse than the band's threshold stops."""
     path = write_sweep(tmp_path / "s.yaml", ["none", "se", "gc", "nl"], early_terminate=HYPERBAND)
     runner = sweep_cli.Runner(path, root=tmp_path / "runs", quiet=True)
-    runner.trials = runner._grid_trials()
-    histories = {0: ("finished", [0.5, 0.6, 0.7]), 1: ("finished", [0.6, 0.7, 0.8]),
-                 2: ("running", [0.1]), 3: ("running", [0.9, 0.95])}
+    runner.plan()
+    histories = {0: (Status.FINISHED, [0.5, 0.6, 0.7]), 1: (Status.FINISHED, [0.6, 0.7, 0.8]),
+                 2: (Status.RUNNING, [0.1]), 3: (Status.RUNNING, [0.9, 0.95])}
     for i, (status, values) in histories.items():
         runner.trials[i].status = status
         log_history(runner.trials[i].dir, "val/acc1", values)
     assert sweep_cli.metric_history(runner.trials[0].dir, "val/acc1") == [
         {"val/acc1": 0.5}, {"val/acc1": 0.6}, {"val/acc1": 0.7}]
     # band 1: -0.9, -0.6, -0.5, -0.1 (maximize is negated): threshold -0.5, so 0.1 stops
-    assert [t.dir.name for t in runner.runs_to_stop()] == ["trial-002"]
+    assert [t.dir.name[:9] for t in runner.runs_to_stop()] == ["trial-002"]
 
 
 def test_a_stopped_trial_is_done_on_resume(tmp_path):
     path = write_sweep(tmp_path / "s.yaml", ["none", "se"], early_terminate=HYPERBAND)
     runner = sweep_cli.Runner(path, root=tmp_path / "runs", quiet=True)
-    first = runner._grid_trials()
-    first[0].status, first[1].status = "stopped", "interrupted"
+    first = runner.plan()
+    first[0].status, first[1].status = Status.STOPPED, Status.INTERRUPTED
     for trial in first:
         trial.save()
-    again = sweep_cli.Runner(path, root=tmp_path / "runs", quiet=True)._grid_trials()
-    assert [t.status for t in again] == ["stopped", "pending"]
+    again = sweep_cli.Runner(path, root=tmp_path / "runs", quiet=True).plan()
+    assert [t.status for t in again] == [Status.STOPPED, Status.INTERRUPTED]
+    assert [t.dir for t in again] == [t.dir for t in first]
 
 
 EPOCHS = 1000
@@ -128,8 +130,8 @@ def test_hyperband_stops_a_real_trial_worse_than_the_finished_ones(tmp_path, off
                                 "model.init_args.lr": {"value": 0.02}})
     path.write_text(yaml.safe_dump(sweep))
     runner = sweep_cli.Runner(path, root=tmp_path / "runs" / "sweeps", quiet=True)
-    for trial in runner._grid_trials()[:2]:  # finished earlier, perfectly
-        trial.status, trial.metric, trial.seconds = "finished", 0.0, 1.0
+    for trial in runner.plan()[:2]:  # finished earlier, perfectly
+        trial.status, trial.metric, trial.seconds = Status.FINISHED, 0.0, 1.0
         trial.save()
         log_history(trial.dir, "val/loss", [0.0] * EPOCHS)
     result = subprocess.run([sys.executable, "-m", "ctxlit.sweep", "run", str(path)], cwd=tmp_path,
@@ -137,8 +139,8 @@ def test_hyperband_stops_a_real_trial_worse_than_the_finished_ones(tmp_path, off
     assert result.returncode == 0, result.stderr[-2000:]
     records = trial_records(tmp_path / "runs" / "sweeps" / "tiny")
     assert [r["status"] for r in records.values()] == ["finished", "finished", "stopped"]
-    validations = sweep_cli.metric_history(tmp_path / "runs" / "sweeps" / "tiny" / "trial-002", "val/loss")
+    validations = sweep_cli.metric_history(tmp_path / "runs" / "sweeps" / "tiny" / list(records)[2], "val/loss")
     assert all(math.isfinite(v["val/loss"]) for v in validations)
-    assert 1 <= len(validations) < EPOCHS and records["trial-002"]["metric"] == pytest.approx(validations[-1]["val/loss"])
+    assert 1 <= len(validations) < EPOCHS and list(records.values())[2]["metric"] == pytest.approx(validations[-1]["val/loss"])
     table = (tmp_path / "runs" / "sweeps" / "tiny" / "trials.md").read_text()
     assert "| stopped |" in table
