@@ -112,12 +112,13 @@ def _unpickle_tensors(path: str) -> Any:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise ConfigError(f"cannot read weights file {path}: not a PyTorch or safetensors file ({err})") from None
         named = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if not named:  # not a pickle, or a damaged one
+            why = str(err).split("WeightsUnpickler error:")[-1].strip().split("\n\n")[0]
+            raise ConfigError(f"cannot read weights file {path}: not a PyTorch or safetensors file ({why})") from None
         converted = os.path.splitext(path)[0] + "-tensors.pth"
         raise ConfigError(
-            f"weights file {path} holds pickled objects besides tensors{f' (it names {named.group(1)})' if named else ''}; "
+            f"weights file {path} holds pickled objects besides tensors (it names {named.group(1)}); "
             f"loading it would run the code it names, so it is refused. If you trust the file, keep its "
             f"tensors once with: {CONVERT_COMMAND.format(path=shlex.quote(path), converted=shlex.quote(converted))}"
         ) from None
