@@ -98,6 +98,9 @@ _SECTION_CLASSES = {
 }
 
 
+_EXAMPLE_CLASS = {"model": "ctxlit.tasks.ClassificationTask", "data": "ctxlit.data.SyntheticContextDataModule"}
+
+
 def _suggest(unknown: str, owner: str, prefix: str) -> str:
     options = _init_options(owner)
     close = difflib.get_close_matches(unknown, options, n=1)
@@ -120,7 +123,12 @@ def _unknown_file_key(top: str, message: str) -> str:
     if value_class:  # a class option (block) given as class_path + init_args
         owner = value_class.group(1)
         path.append("init_args")
-    return _suggest(unknown.group(1), owner, ".".join(path) + ".") if owner else message
+    if owner is None:
+        return message
+    line = _suggest(unknown.group(1), owner, ".".join(path) + ".")
+    if owner.startswith("pytorch_lightning."):  # jsonargparse's stand-in when no class was named
+        line += f"; the config names no {top}.class_path (e.g. {_EXAMPLE_CLASS.get(top, '...')})"
+    return line
 
 
 def _unknown_section_key(section: str, key: str) -> str | None:

@@ -88,6 +88,16 @@ def test_an_unknown_key_in_a_config_file_gets_the_closest_option(content, line, 
     assert [p.name for p in tmp_path.iterdir()] == ["typo.yaml"]
 
 
+def test_a_config_file_that_names_no_task_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "alone.yaml").write_text("model:\n  init_args:\n    block: gc\n")
+    with pytest.raises(SystemExit):
+        main(["--config", "alone.yaml"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: model.init_args.block: no such option of pytorch_lightning.LightningModule; "
+        "the config names no model.class_path (e.g. ctxlit.tasks.ClassificationTask)")
+
+
 def _sweep(tmp_path: Path, parameters: dict) -> Path:
     sweep = yaml.safe_load((ROOT / "sweeps" / "synthetic_blocks.yaml").read_text())
     path = tmp_path / "sweep.yaml"
