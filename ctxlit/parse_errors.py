@@ -61,16 +61,7 @@ def one_line(message: str) -> str:
     unknown = _NOT_ACCEPTED.search(message)
     if unknown:
         owner = _CLASS.search(message)
-        owner_path = owner.group(1) if owner else top.group(1)
-        line = f"--{dotted}: no such option of {owner_path}"
-        options = _init_options(owner_path) if owner else []
-        close = difflib.get_close_matches(unknown.group(1), options, n=1)
-        prefix = dotted[: -len(unknown.group(1))]
-        if close:
-            line += f"; did you mean --{prefix}{close[0]}?"
-        elif options:
-            line += f" (its options: {', '.join(options)})"
-        return line
+        return _suggest(unknown.group(1), owner.group(1) if owner else top.group(1), f"--{dotted[: -len(unknown.group(1))]}")
     literals = _LITERAL.findall(message)
     if not literals:
         return message
@@ -96,12 +87,12 @@ _SECTION_CLASSES = {
     "attention": "ctxlit.tasks.attention_maps.AttentionMaps",
     "predictions": "ctxlit.tasks.predictions.PredictionWriter",
 }
-
-
+#: what a section without a class_path could name
 _EXAMPLE_CLASS = {"model": "ctxlit.tasks.ClassificationTask", "data": "ctxlit.data.SyntheticContextDataModule"}
 
 
 def _suggest(unknown: str, owner: str, prefix: str) -> str:
+    """``<prefix><unknown>: no such option of <owner>``, with the closest option or the list."""
     options = _init_options(owner)
     close = difflib.get_close_matches(unknown, options, n=1)
     line = f"{prefix}{unknown}: no such option of {owner}"
