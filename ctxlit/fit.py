@@ -17,7 +17,9 @@ import importlib
 import netrc
 import os
 import socket
+import ssl
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,9 +32,10 @@ DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
-#: How long the probe of the W&B server may take: a run never waits longer on the network.
+#: How long the W&B server may take to accept a connection, and then to answer an HTTP request
+#: (any status), before a run logs offline: a run never waits longer on the network.
 PROBE_SECONDS = 3.0
-
+ANSWER_SECONDS = 10.0
 
 def wandb_base_url() -> str:
     """The server wandb itself would use, resolved as ``wandb.setup`` resolves it (its settings
@@ -54,14 +57,45 @@ def server_address(url: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
 
 
-def wandb_reachable(address: tuple[str, int], timeout: float = PROBE_SECONDS) -> bool:
+def wandb_unanswered(url: str) -> str | None:
+    """Why the server at ``url`` cannot be used now (no route, or a connection that it accepts but
+    never answers, as wandb would then wait 90 s and fail), or None when it answers an HTTP
+    request. Bounded by :data:`PROBE_SECONDS` + :data:`ANSWER_SECONDS` whatever the server does
+    (the probe runs in a thread that is left behind if the server trickles its answer)."""
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # a direct probe says nothing about the proxy route; let W&B try it
+        return None  # a direct probe says nothing about the proxy route; let W&B try it
+    host, port = server_address(url)
+    silent = f"{host}:{port} accepted the connection but sent no answer within {ANSWER_SECONDS:g} s"
+    outcome = [silent]
+
+    def probe() -> None:
+        outcome[0] = _http_probe(url, host, port, silent)
+
+    thread = threading.Thread(target=probe, name="ctxlit-wandb-probe", daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS + ANSWER_SECONDS)
+    return outcome[0]
+
+
+def _http_probe(url: str, host: str, port: int, silent: str) -> str | None:
     try:
-        with socket.create_connection(address, timeout=timeout):
-            return True
+        sock = socket.create_connection((host, port), timeout=PROBE_SECONDS)
     except OSError:
-        return False
+        return f"{host}:{port} not reachable within {PROBE_SECONDS:g} s"
+    try:
+        sock.settimeout(ANSWER_SECONDS)
+        if urlsplit(url).scheme == "https":
+            try:
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            except ssl.SSLError:
+                return None  # it answered in TLS; certificates (a company CA, say) are wandb's to check
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        first = sock.recv(5)  # any status line will do: it answers
+        return None if first and b"HTTP/".startswith(first) else silent
+    except OSError:  # a timeout, or the connection dropped
+        return silent
+    finally:
+        sock.close()
 
 
 def wandb_has_key(host: str) -> bool:
@@ -83,7 +117,7 @@ def choose_wandb_mode() -> str:
 def wandb_mode_and_notice() -> tuple[str, str | None]:
     """Go offline unless the user chose a mode, has a key and can reach the server: the mode,
     and the line that says why it went offline (printed once a run starts), or None. A chosen
-    ``online`` that cannot work (no key, or no route within :data:`PROBE_SECONDS`) is a
+    ``online`` that cannot work (no key, no route, no answer: :func:`wandb_unanswered`) is a
     ``ConfigError`` instead of a traceback or a long wait later."""
     mode = os.environ.get("WANDB_MODE")
     if mode and mode != "online":
@@ -92,8 +126,8 @@ def wandb_mode_and_notice() -> tuple[str, str | None]:
     host, port = server_address(url)
     if not wandb_has_key(host):
         reason = f"no W&B API key for {url}"
-    elif not wandb_reachable((host, port)):
-        reason = f"{host}:{port} not reachable within {PROBE_SECONDS:g} s"
+    elif (unanswered := wandb_unanswered(url)) is not None:
+        reason = unanswered
     else:
         return "online", None
     if mode == "online":

@@ -56,8 +56,13 @@ def one_line(message: str, options: list[str] | None = None) -> str:
         return _unknown_options(unrecognized.group(1), options) or message
     top = _TOP.match(message)
     given = _NESTED.findall(message)
+    unaccepted = _SECTION_KEY.match(message)
+    if unaccepted:
+        return _unknown_section_key(*unaccepted.groups()) or message
     if not top or "Does not validate against any of the Union subtypes" not in message:
         return message
+    if not given and _NOT_ACCEPTED.search(message):  # from a config file or a sweep's trial
+        return _unknown_file_key(top.group(1), message)
     if not given:  # a plain option of a Union type, e.g. trainer.max_epochs: int | None
         return _plain(top.group(1), message)
     key, value = given[-1]  # the outermost: the option as the user gave it, below the top key
@@ -65,16 +70,7 @@ def one_line(message: str, options: list[str] | None = None) -> str:
     unknown = _NOT_ACCEPTED.search(message)
     if unknown:
         owner = _CLASS.search(message)
-        owner_path = owner.group(1) if owner else top.group(1)
-        line = f"--{dotted}: no such option of {owner_path}"
-        options = _init_options(owner_path) if owner else []
-        close = difflib.get_close_matches(unknown.group(1), options, n=1)
-        prefix = dotted[: -len(unknown.group(1))]
-        if close:
-            line += f"; did you mean --{prefix}{close[0]}?"
-        elif options:
-            line += f" (its options: {', '.join(options)})"
-        return line
+        return _suggest(unknown.group(1), owner.group(1) if owner else top.group(1), f"--{dotted[: -len(unknown.group(1))]}")
     literals = _LITERAL.findall(message)
     if not literals:
         return message
@@ -100,6 +96,64 @@ def _unknown_options(given: str, options: list[str]) -> str | None:
         close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
         return f"{name}: no such option" + (f"; did you mean {keys[close[0]]}?" if close else "")
     return None
+
+
+#: A key of a config file (or a sweep's trial) the parser has no option for, before the Union dump:
+#: the classes and parser keys it went through, down to the option not accepted.
+_PATH_STEP = re.compile(r"Problem with given class_path '([^']+)'|Parser key \"([^\"]+)\"")
+_GOT_CLASS = re.compile(r"Got value: Namespace\(class_path='([^']+)'")
+_SECTION_KEY = re.compile(r"^Subcommand '\w+' does not accept option '(\w+)\.([\w.]+)'$")
+#: sections of the config that are one class's options, as ctxlit.cli adds them
+_SECTION_CLASSES = {
+    "trainer": "pytorch_lightning.Trainer",
+    "checkpoint": "ctxlit.tasks.callbacks.BestAndLastCheckpoint",
+    "summary": "ctxlit.tasks.callbacks.RunSummary",
+    "attention": "ctxlit.tasks.attention_maps.AttentionMaps",
+    "predictions": "ctxlit.tasks.predictions.PredictionWriter",
+}
+#: what a section without a class_path could name
+_EXAMPLE_CLASS = {"model": "ctxlit.tasks.ClassificationTask", "data": "ctxlit.data.SyntheticContextDataModule"}
+
+
+def _suggest(unknown: str, owner: str, prefix: str) -> str:
+    """``<prefix><unknown>: no such option of <owner>``, with the closest option or the list."""
+    options = _init_options(owner)
+    close = difflib.get_close_matches(unknown, options, n=1)
+    line = f"{prefix}{unknown}: no such option of {owner}"
+    if close:
+        return line + f"; did you mean {prefix}{close[0]}?"
+    return line + (f" (its options: {', '.join(options)})" if options else "")
+
+
+def _unknown_file_key(top: str, message: str) -> str:
+    """``model.init_args.blok: no such option of ...; did you mean model.init_args.block?`` for a
+    key written in a config file or a sweep (jsonargparse shows the whole section's value)."""
+    unknown = _NOT_ACCEPTED.search(message)
+    before, line_end = message[:unknown.start()], message.find("\n", unknown.end())
+    path, owner = [top], None
+    for class_path, key in _PATH_STEP.findall(before[_TOP.match(message).end():]):
+        path.append("init_args" if class_path else key)
+        owner = class_path or owner
+    value_class = _GOT_CLASS.search(message[unknown.end():None if line_end < 0 else line_end])
+    if value_class:  # a class option (block) given as class_path + init_args
+        owner = value_class.group(1)
+        path.append("init_args")
+    if owner is None:
+        return message
+    line = _suggest(unknown.group(1), owner, ".".join(path) + ".")
+    if owner.startswith("pytorch_lightning."):  # jsonargparse's stand-in when no class was named
+        line += f"; the config names no {top}.class_path (e.g. {_EXAMPLE_CLASS.get(top, '...')})"
+    return line
+
+
+def _unknown_section_key(section: str, key: str) -> str | None:
+    """``trainer.max_epoch: no such option of pytorch_lightning.Trainer; did you mean ...`` for a
+    key of a config file (or a sweep's trial) in a section that is one class, or in none."""
+    owner = _SECTION_CLASSES.get(section)
+    if owner is not None:
+        return None if "." in key else _suggest(key, owner, f"{section}.")
+    close = difflib.get_close_matches(section, [*_SECTION_CLASSES, "model", "data", "resume"], n=1)
+    return f"{section}.{key}: no such section{f'; did you mean {close[0]}.{key}?' if close else ''}"
 
 
 _TYPE = re.compile(r"^\s*- Expected a <class '([\w.]+)'>", re.M)

@@ -200,7 +200,7 @@ def check_config_files(argv: list[str]) -> None:
     """Each ``--config`` file exists and holds a YAML mapping: the parser would report an empty,
     list-shaped or malformed file without its path (``Unexpected config:``), which matters when
     a sweep passes two. A value that is not a path (an inline YAML string) is left to the parser."""
-    import yaml
+    from ctxlit.utils.yaml_files import YAMLFileError, load_yaml
 
     for value in config_files(argv):
         path = Path(value)
@@ -211,13 +211,11 @@ def check_config_files(argv: list[str]) -> None:
         if not path.is_file():
             raise ConfigError(f"--config {value}: not a file")
         try:
-            content = yaml.safe_load(path.read_text())
+            content = load_yaml(path.read_text())
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"--config {value}: cannot be read ({err})") from None
-        except yaml.YAMLError as err:
-            where = getattr(err, "problem_mark", None)
-            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-            raise ConfigError(f"--config {value}: not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+        except YAMLFileError as err:
+            raise ConfigError(f"--config {value}: {err}") from None
         if not isinstance(content, dict) or not content:
             shape = "empty" if content is None or content == {} else f"a {type(content).__name__}"
             raise ConfigError(f"--config {value}: is {shape}; a config file holds a mapping of options "

@@ -5,12 +5,21 @@ files), a dict holding one under ``state_dict`` / ``model`` / ``model_state_dict
 ``.ckpt``, many training scripts), with any common key prefix (``module.``,
 ``model.backbone.``, ...): the prefix that makes most keys match the model is stripped (or,
 for a plain backbone checkpoint loaded into a wrapper module, the wrapper's prefix is added).
+
+A weights file never runs code: ``.safetensors`` files are read with the safetensors library,
+anything else with ``torch.load(weights_only=True)``, which unpickles tensors and plain
+containers only. A file that holds other pickled objects is refused with the command that
+converts it (:data:`CONVERT_COMMAND`), for the user to run on a file they trust.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import pickle
+import re
+import shlex
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +35,20 @@ from .plugins import REPLACE_POSITIONS, describe_plugins
 log = logging.getLogger("ctxlit.backbones")
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "net")
+
+#: Harmless classes checkpoints pickle besides tensors: old Lightning versions saved the
+#: hyper-parameters as an argparse Namespace, a plain attribute holder that runs no code on load.
+SAFE_GLOBALS = [argparse.Namespace]
+
+#: Run by the user, knowingly, on a file they trust that ``torch.load(weights_only=True)`` refuses:
+#: unpickles it in full (which runs whatever code it holds) and keeps its tensors alone. The
+#: README quotes it.
+CONVERT_COMMAND = (
+    'python -c "import sys, torch; o = torch.load(sys.argv[1], map_location=\'cpu\', weights_only=False); '
+    "o = o.state_dict() if isinstance(o, torch.nn.Module) else o.get('state_dict', o); "
+    'torch.save({{k: v for k, v in o.items() if isinstance(v, torch.Tensor)}}, sys.argv[2])" '
+    "{path} {converted}"
+)
 
 
 class WeightsFileError(CtxlitError, FileNotFoundError):
@@ -82,23 +105,43 @@ def _short(keys: list[str], n: int = 6) -> str:
     return shown + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
+def _unpickle_tensors(path: str) -> Any:
+    """``torch.load`` with ``weights_only=True``; a file it refuses (it names a class or function
+    to import) is a ``ConfigError`` that says why and how to convert a trusted file."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if not named:  # not a pickle, or a damaged one
+            why = str(err).split("WeightsUnpickler error:")[-1].strip().split("\n\n")[0]
+            raise ConfigError(f"cannot read weights file {path}: not a PyTorch or safetensors file ({why})") from None
+        converted = os.path.splitext(path)[0] + "-tensors.pth"
+        raise ConfigError(
+            f"weights file {path} holds pickled objects besides tensors (it names {named.group(1)}); "
+            f"loading it would run the code it names, so it is refused. If you trust the file, keep its "
+            f"tensors once with: {CONVERT_COMMAND.format(path=shlex.quote(path), converted=shlex.quote(converted))}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ConfigError(f"cannot read weights file {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"cannot read weights file {path}: not a valid safetensors file ({err})") from None
+
+
 def _read(path: str | os.PathLike) -> Mapping[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsFileError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception:  # noqa: BLE001 - Lightning checkpoints may pickle hyper-parameter objects
-        try:
-            # A local file the user named: full unpickling (trusted files only).
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001
-            raise ConfigError(f"cannot read weights file {path}: {err}") from err
+    obj = _read_safetensors(path) if path.endswith(".safetensors") else _unpickle_tensors(path)
     if not isinstance(obj, Mapping):
-        if isinstance(obj, nn.Module):
-            return obj.state_dict()
         raise ConfigError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint")
     for key in _NESTED_KEYS:
         inner = obj.get(key)

@@ -7,10 +7,17 @@ that recorded none, from its last checkpoint on its first validation images
   map at each query position beside GC's (or SNL's) one pooling map, which is GCNet's point:
   the Non-local maps look alike whatever the query, so one query-independent map suffices.
 - *SK branch weights*: per stage, the mean weight of each kernel branch (SKNet's Fig. 3).
+
+A run folder is data, not code: a checkpoint is rebuilt only when every class its
+hyper-parameters name is one of ctxlit's own tasks, data modules and blocks, checked on the
+strings before anything is imported (:func:`refusal`), and only a checkpoint inside the run
+folder is opened (:func:`run_checkpoint`). Anything else leaves the figure out with a note.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -29,10 +36,18 @@ SPATIAL = {"NonLocal": 8, "GlobalContext": 1, "SimplifiedNonLocal": 1, "GloRe": 
 IMAGE_INDEX = 0
 
 
+#: How a checkpoint may rebuild its task and data module (hyper-parameter ``_instantiator``)
+TRUSTED_INSTANTIATORS = frozenset({"ctxlit.cli.instantiate_module", "pytorch_lightning.cli.instantiate_module",
+                                   "lightning.pytorch.cli.instantiate_module"})
+#: A string jsonargparse could resolve as an import (a Callable option such as ``block``)
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
 def latest_maps(run: Run) -> dict | None:
     """The run's attention record: the latest one the callback wrote, else one computed from the
     run's last checkpoint on the same validation images (the task rebuilt from the checkpoint's
-    hyper-parameters). None when there is neither, or it cannot be read; the reason goes to stderr."""
+    hyper-parameters, if :func:`refusal` finds nothing). None when there is neither, or it
+    cannot be read or is refused; the reason goes to stderr."""
     import torch
 
     files = sorted((run.dir / "attention").glob("epoch-*/maps.pt"))
@@ -42,19 +57,104 @@ def latest_maps(run: Run) -> dict | None:
         checkpoint = run_checkpoint(run)
         if checkpoint is None:
             return None
+        refused = refusal(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True))
+        if refused:
+            _note(run, f"{checkpoint} not rebuilt: {refused}")
+            return None
         from ctxlit.tasks.attention_maps import checkpoint_maps
 
         return checkpoint_maps(checkpoint)
     except Exception as error:  # noqa: BLE001  (a damaged file or absent dataset: leave the figure out)
-        print(f"[ctxlit] report: no attention figure for {run.dir}: {type(error).__name__}: "
-              f"{str(error).splitlines()[0] if str(error) else ''}", file=sys.stderr)
+        _note(run, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
         return None
 
 
+def _note(run: Run, reason: str) -> None:
+    print(f"[ctxlit] report: no attention figure for {run.dir}: {reason}", file=sys.stderr)
+
+
+def own_classes() -> dict[str, type]:
+    """ctxlit's task, data module and block classes by every path a config may name them by
+    (``ctxlit.tasks.ClassificationTask``, ``ctxlit.tasks.classification.ClassificationTask``)."""
+    import ctxlit.blocks
+    import ctxlit.data
+    import ctxlit.tasks
+
+    classes = {}
+    for package in (ctxlit.tasks, ctxlit.data, ctxlit.blocks):
+        for name in package.__all__:
+            value = getattr(package, name)
+            if isinstance(value, type) and value.__module__.startswith("ctxlit."):
+                classes[f"{package.__name__}.{name}"] = classes[f"{value.__module__}.{value.__qualname__}"] = value
+    return classes
+
+
+def refusal(checkpoint: dict) -> str | None:
+    """Why the report will not rebuild this checkpoint's task and data module, or None: each
+    hyper-parameter ``_class_path`` must be one of ctxlit's tasks (data modules), each
+    ``_instantiator`` one of :data:`TRUSTED_INSTANTIATORS`, and any other class path or dotted
+    name in them one of :func:`own_classes`. ``load_from_checkpoint`` would import them all."""
+    import pytorch_lightning as pl
+
+    own = own_classes()
+    for section, base in (("hyper_parameters", pl.LightningModule), ("datamodule_hyper_parameters", pl.LightningDataModule)):
+        hparams = checkpoint.get(section)
+        if not isinstance(hparams, dict):
+            return f"it has no {section}"
+        instantiator = hparams.get("_instantiator")
+        if instantiator is not None and instantiator not in TRUSTED_INSTANTIATORS:
+            return f"its {section} name {instantiator!r} to rebuild it, not a Lightning or ctxlit instantiator"
+        class_path = hparams.get("_class_path")
+        if not (isinstance(class_path, str) and class_path in own and issubclass(own[class_path], base)):
+            return f"its {section} name {class_path!r}, not one of ctxlit's {base.__name__} classes"
+        for key, name in _named_imports(hparams):
+            if name not in own:
+                return f"its {section}.{key} names {name!r}, not one of ctxlit's classes"
+    return None
+
+
+def _named_imports(value, key: str = "") -> list[tuple[str, str]]:
+    """(dotted key, name) of every string in ``value`` that could be imported: a dotted name whose
+    first part is a module on ``sys.path`` (found, not imported). ``class_path`` values are such
+    strings; ``_class_path`` and ``_instantiator`` are checked by :func:`refusal` itself."""
+    found = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k not in ("_class_path", "_instantiator"):
+                found += _named_imports(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found += _named_imports(v, f"{key}[{i}]")
+    elif isinstance(value, str) and _DOTTED.fullmatch(value) and _findable(value.split(".")[0]):
+        found.append((key, value))
+    return found
+
+
+def _findable(module: str) -> bool:
+    """Whether a top-level module of this name could be imported (looked up, not imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # e.g. __main__, which has no spec: count it
+        return True
+
+
 def run_checkpoint(run: Run) -> Path | None:
-    """The run's ``checkpoints/last.ckpt`` (:attr:`ctxlit.runs.RunFolder.last_checkpoint`): never a
-    path outside the run folder, whatever its summary names."""
-    return run.folder.last_checkpoint
+    """``checkpoints/last.ckpt`` in the run folder, else the one its summary names (relative to the
+    folder the run was started in, the working directory, or absolute), if it lies in the run
+    folder: a path that resolves elsewhere (``/etc/passwd``, ``../other``, a link out) is not
+    opened, and that is said."""
+    folder = run.dir.resolve()
+    candidates = [run.dir / "checkpoints" / "last.ckpt"]
+    named = run.summary.get("last_checkpoint")
+    if isinstance(named, str) and named:
+        candidates += [Path(named), Path.cwd() / named]
+    for path in candidates:
+        resolved = path.resolve()
+        if resolved.is_relative_to(folder) and resolved.is_file():
+            return resolved
+    if named and not any(path.resolve().is_relative_to(folder) for path in candidates[1:]):
+        _note(run, f"its summary's checkpoint {named} lies outside the run folder; not opened")
+    return None
 
 
 def _group_maps(group: Group) -> dict | None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from ctxlit.utils.yaml_files import YAMLFileError, load_yaml
+
 SWEEPS_ROOT = Path("runs") / "sweeps"
 #: What ``${interpreter}`` and ``${env}`` become in ``wandb agent`` (wandb/wandb_agent.py).
 AGENT_INTERPRETER = "python"
@@ -27,9 +29,9 @@ def load_sweep(path: str | Path) -> dict:
     if not path.is_file():
         raise SweepError(f"sweep file not found: {path}")
     try:
-        sweep = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path}: not valid YAML ({err})") from None
+        sweep = load_yaml(path.read_text())
+    except YAMLFileError as err:
+        raise SweepError(f"{path}: {err}") from None
     if not isinstance(sweep, dict):
         raise SweepError(f"{path}: a sweep file is a mapping with method:, parameters: and command:")
     return sweep

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
 from ctxlit.backbones import build_backbone, load_weights
+from ctxlit.backbones.weights import CONVERT_COMMAND
 from ctxlit.summary import main, summarize, summary_dict
 from ctxlit.utils.complexity import NOTE_NOT_COUNTED
 
@@ -128,7 +132,7 @@ def test_load_missing_file_names_the_path(tmp_path):
         load_weights(build_backbone("resnet10", width=8), path)
     bad = tmp_path / "bad.pth"
     bad.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="bad.pth"):
+    with pytest.raises(ValueError, match=r"bad.pth: not a PyTorch or safetensors file \(Unsupported operand"):
         load_weights(build_backbone("resnet10", width=8), bad)
 
 
@@ -142,3 +146,73 @@ def test_load_backbone_checkpoint_into_wrapper_module(tmp_path):
     report = load_weights(wrapper, path)
     assert report.added_prefix == "network." and report.clean and len(report.loaded) == len(src.state_dict())
     torch.testing.assert_close(wrapper.network.fc.weight, src.fc.weight)
+
+
+# --------------------------------------------------------------------------- weights files never run code
+
+
+class _WritesAMarker:
+    """Unpickling this calls ``open(marker, "w")``: stands for any code a pickle can run."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_weights_file_whose_unpickling_runs_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "code-ran"
+    src = build_backbone("resnet10", width=8)
+    path = tmp_path / "pretrained.pth"
+    torch.save({"state_dict": src.state_dict(), "payload": _WritesAMarker(marker)}, path)
+    assert not marker.exists()
+    with pytest.raises(ValueError) as err:
+        load_weights(build_backbone("resnet10", width=8), path)
+    assert not marker.exists()  # the old fallback, weights_only=False, created it
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "(it names io.open)" in message
+    assert "would run the code it names" in message and CONVERT_COMMAND.format(
+        path=path, converted=tmp_path / "pretrained-tensors.pth") in message
+
+
+def test_the_conversion_command_keeps_the_tensors_of_a_trusted_file(tmp_path):
+    """The command the error gives (and the README quotes) turns a checkpoint with pickled
+    objects, here a date among the hyper-parameters, into one that loads."""
+    src = build_backbone("resnet10", width=8)
+    path = tmp_path / "trusted.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in src.state_dict().items()},
+                "hyper_parameters": {"made": datetime.date(2024, 1, 1)}}, path)
+    with pytest.raises(ValueError, match="datetime.date") as err:
+        load_weights(build_backbone("resnet10", width=8), path)
+    command = err.value.args[0].split("keep its tensors once with: ")[1]
+    assert command == CONVERT_COMMAND.format(path=path, converted=tmp_path / "trusted-tensors.pth")
+    subprocess.run(command, shell=True, check=True, cwd=tmp_path)
+    dst = build_backbone("resnet10", width=8)
+    assert load_weights(dst, tmp_path / "trusted-tensors.pth").clean
+    torch.testing.assert_close(dst.state_dict(), src.state_dict())
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert CONVERT_COMMAND.format(path="TRUSTED.ckpt", converted="weights.pth") in readme
+
+
+def test_safetensors_and_plain_state_dict_files_load(tmp_path):
+    from safetensors.torch import save_file
+
+    src = build_backbone("resnet10", width=8, num_classes=3)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, tmp_path / "w.safetensors")
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        dst = build_backbone("resnet10", width=8, num_classes=3)
+        assert load_weights(dst, tmp_path / name).clean, name
+        torch.testing.assert_close(dst.state_dict(), src.state_dict(), msg=name)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ValueError, match="bad.safetensors: not a valid safetensors file"):
+        load_weights(build_backbone("resnet10", width=8), tmp_path / "bad.safetensors")
+
+
+def test_a_lightning_checkpoint_with_namespace_hyper_parameters_loads(tmp_path):
+    src = build_backbone("resnet10", width=8)
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {f"network.{k}": v for k, v in src.state_dict().items()},
+                "hyper_parameters": argparse.Namespace(lr=0.1, seed=1)}, path)
+    assert load_weights(build_backbone("resnet10", width=8), path).clean
