@@ -127,18 +127,25 @@ def not_results_rows(study: Study) -> list[list[str]]:
 
 
 def provenance_rows(study: Study) -> list[list[str]]:
-    """One row per group and distinct provenance ('unknown' for runs made before it was recorded)."""
-    rows = []
+    """One row per distinct provenance record ('unknown' for runs made before it was recorded),
+    naming the runs it covers: their groups (all of them, or each by label) and seeds."""
+    by_record: dict[str, tuple[dict, list]] = {}
     for group in study.groups:
-        for record in group.provenance:
-            record = record or {}
-            rows.append([group.label, *[str(record.get(k) or UNKNOWN) for k in PROVENANCE_KEYS]])
-    if len({tuple(row[1:]) for row in rows}) == 1:  # one provenance for the whole study: one row
-        return [["all groups", *rows[0][1:]]]
+        for run in group.runs:
+            key = json.dumps(run.provenance, sort_keys=True, default=str)
+            by_record.setdefault(key, (run.provenance or {}, []))[1].append((group, run))
+    rows = []
+    for record, members in by_record.values():
+        groups = list(dict.fromkeys(id(group) for group, _ in members))
+        names = ("all groups" if len(groups) == len(study.groups) else
+                 "; ".join(dict.fromkeys(group.label for group, _ in members)))
+        seeds = ", ".join(dict.fromkeys(str(run.seed) for _, run in sorted(members, key=lambda m: str(m[1].seed))))
+        who = f"{names}: {len(members)} run{'s' * (len(members) != 1)}, seeds {seeds}"
+        rows.append([who, *[str(record.get(k) or UNKNOWN) for k in PROVENANCE_KEYS]])
     return rows
 
 
-PROVENANCE_HEADER = ["group", "ctxlit", "git commit", "torch", "torchvision", "Lightning", "device"]
+PROVENANCE_HEADER = ["runs", "ctxlit", "git commit", "torch", "torchvision", "Lightning", "device"]
 NOT_RESULTS_HEADER = ["run", "status", "why it is not a result"]
 
 

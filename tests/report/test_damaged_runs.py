@@ -182,5 +182,6 @@ def test_test_metrics_and_provenance_are_shown_beside_the_results(tmp_path, caps
     header = next(line for line in out.splitlines() if line.startswith("| model.init_args.block |"))
     gc = next(line for line in out.splitlines() if line.startswith("| GlobalContext |"))
     assert "test/acc1 mean ± std" in header and "| 0.4100 ± 0.0141 (n=2) |" in gc
-    assert "| GlobalContext | 0.4.0 | abc1234 | 2.5.1 | 0.20.1 | 2.4.0 | cpu |" in out
-    assert "| none | unknown | unknown | unknown | unknown | unknown | unknown |" in out
+    # one row per distinct record, naming the runs it covers
+    assert "| GlobalContext: 2 runs, seeds 0, 1 | 0.4.0 | abc1234 | 2.5.1 | 0.20.1 | 2.4.0 | cpu |" in out
+    assert "| none: 2 runs, seeds 0, 1 | unknown | unknown | unknown | unknown | unknown | unknown |" in out
