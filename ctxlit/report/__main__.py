@@ -26,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
                    help="measure each group's network side by side on this machine's CPU (ctxlit.bench.models) "
                         "and show train/inference step time and peak memory as ratios to the baseline")
     p.add_argument("--cost-batch", type=int, default=8, metavar="N", help="with --cost: the batch measured (default 8)")
+    p.add_argument("--cost-rounds", type=int, default=7, metavar="N",
+                   help="with --cost: interleaved rounds, one training and one inference step of each network "
+                        "per round; the median is shown (default 7)")
     p.add_argument("--cost-size", type=image_size, metavar="HxW",
                    help="with --cost: the input size measured (default: each config's own image size)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="build the W&B report and workspace of these runs")
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                            title=args.title, spec_path=spec)
         if args.cost_batch < 1:
             raise ReportError(f"--cost-batch {args.cost_batch}: give a batch of 1 or more")
+        if args.cost_rounds < 1:
+            raise ReportError(f"--cost-rounds {args.cost_rounds}: give 1 or more rounds")
         if args.sweep or args.group:
             raise ReportError("--sweep and --group choose runs on W&B: give them with --wandb ENTITY/PROJECT")
         output = Path(args.output) if args.output else (Path("report.html") if args.format == "html" else None)
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             from ctxlit.report.cost import measure_groups
 
             for study in studies:
-                measure_groups(study, batch=args.cost_batch, size=args.cost_size)
+                measure_groups(study, batch=args.cost_batch, size=args.cost_size, rounds=args.cost_rounds)
         if args.format == "md":
             from ctxlit.report.render import markdown
 

@@ -30,7 +30,7 @@ def _bench():
     return models
 
 
-def measure_groups(study: Study, batch: int = BATCH, size: tuple[int, int] | None = None) -> None:
+def measure_groups(study: Study, batch: int = BATCH, size: tuple[int, int] | None = None, rounds: int = ROUNDS) -> None:
     """Fill ``study.costs`` (per group) and each answer's ``cost_ratio``. ``size`` None: each
     config's own input size."""
     if not study.groups:
@@ -40,7 +40,7 @@ def measure_groups(study: Study, batch: int = BATCH, size: tuple[int, int] | Non
 
     baseline = study.baseline or study.groups[0]
     order = [baseline, *[g for g in study.groups if g is not baseline]]
-    settings = models.Settings(batch=batch, size=size, rounds=ROUNDS, warmup=WARMUP, device="cpu")
+    settings = models.Settings(batch=batch, size=size, rounds=rounds, warmup=WARMUP, device="cpu")
     try:
         rows = models.measure_networks([str(g.runs[0].dir) for g in order], settings, baseline=1)
     except CtxlitError as err:
@@ -52,8 +52,8 @@ def measure_groups(study: Study, batch: int = BATCH, size: tuple[int, int] | Non
     shapes = sorted({"x".join(map(str, r["input_shape"])) for r in rows})
     how = (f"input {', '.join(shapes)} (batch x channels x height x width"
            f"{', each config’s own image size' if size is None else ', --cost-size'}), "
-           f"{ROUNDS} interleaved rounds after {WARMUP} warm-up steps, CPU time of one process "
-           f"(python -m ctxlit.bench models); ratios to the group's baseline.")
+           f"{rounds} interleaved rounds after {WARMUP} warm-up steps, CPU time of one process "
+           f"(python -m ctxlit.bench models); ratios to the group's baseline. {_timing_noise(rows[0])}")
     for group in study.groups:
         row = by_group[id(group)]
         reference = by_group[id(study.baseline_of(group) or baseline)]
@@ -67,6 +67,16 @@ def measure_groups(study: Study, batch: int = BATCH, size: tuple[int, int] | Non
                              if row.get("saved_bytes") and reference.get("saved_bytes") else None),
         }
     _answer_ratios(study)
+
+
+def _timing_noise(row: dict) -> str:
+    """The measurement's own noise floor: how much the baseline's training step moved between
+    rounds (interquartile range over median), so a ratio within it is read as no difference."""
+    train = row["train_ms"]
+    spread = (train["q3"] - train["q1"]) / train["median"] if train.get("median") else None
+    return "" if spread is None else (f"Timing noise: the baseline's training step moved by {spread:.0%} of its "
+                                      f"median between rounds (interquartile range); ratios closer to 1 than "
+                                      f"that are no measured difference.")
 
 
 def _answer_ratios(study: Study) -> None:

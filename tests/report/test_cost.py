@@ -26,12 +26,14 @@ def test_cost_orders_a_block_above_none_and_the_json_carries_the_ratios(tmp_path
     # Non-local in every block of stages 2-4: more FLOPs and more time than no block, measured here
     assert cost["NonLocal"]["flop_ratio"] > 2.0 and cost["NonLocal"]["train_ratio"] > 1.5
     assert cost["NonLocal"]["input_shape"] == [2, 3, 64, 128]
+    assert "Timing noise: the baseline's training step moved by" in cost["NonLocal"]["how"]
     (effect,) = study["effects"]
     assert effect["cost_ratio"] == pytest.approx(cost["NonLocal"]["train_ms"] / cost["none"]["train_ms"])
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--cost-batch", "0"], "--cost-batch 0: give a batch of 1 or more"),
+    (["--cost-rounds", "0"], "--cost-rounds 0: give 1 or more rounds"),
 ])
 def test_bad_cost_options_are_one_error(tmp_path, capsys, argv, message):
     write_run(tmp_path / "none-0", config("none", 0), 0.4)
