@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from ctxlit.errors import ConfigError
+from ctxlit.utils.files import unwritable_reason
 
 #: dotted key -> (test, what it allows). A missing key (an option the chosen task or data
 #: module does not have) is not checked; ``None`` fails every numeric rule but :data:`OPTIONAL`'s.
@@ -78,18 +78,9 @@ def check_writable(option: str, path: str | os.PathLike | None, given: str | os.
     value the error names (default ``path``), when ``path`` is the folder of a file given."""
     if not path:
         return
-    given = path if given is None else given
-    folder = Path(path).absolute()
-    ancestor = folder
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ConfigError(f"{option} {given}: {ancestor} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as err:
-        raise ConfigError(f"{option} {given}: {ancestor} is not writable ({err.strerror or err})") from None
+    problem = unwritable_reason(path)
+    if problem:
+        raise ConfigError(f"{option} {path if given is None else given}: {problem}")
 
 
 def check_prediction_path(path: str | os.PathLike | None, predicts: str) -> None:

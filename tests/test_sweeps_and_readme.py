@@ -42,3 +42,13 @@ def test_no_release_known_to_be_compromised_is_accepted():
     floors = {name: tuple(map(int, version.split("."))) for name, version in re.findall(r'"([\w-]+)>=([0-9.]+)"', pyproject)}
     assert floors["pytorch-lightning"] >= (2, 6, 6) and floors["wandb-workspaces"] >= (0, 4, 2)
     assert re.search(r'"safetensors[">=]', pyproject)
+
+
+def test_ci_stops_at_a_failed_install_or_suite():
+    """``set -e`` ignores a failure inside an ``a && b && c`` list unless it is the last command,
+    so each job's line must be followed by a check of its status."""
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    for start in ("python3 -m venv .venv &&", "python3 -m venv .venv-floor"):
+        i = next(k for k, line in enumerate(lines) if line.startswith(start))
+        following = next(line for line in lines[i + 1:] if line.strip() and not line.startswith("#"))
+        assert following == 'status=$?; [ "$status" -eq 0 ] || exit "$status"', start

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from ctxlit.report import __doc__ as DOC
 from ctxlit.report.runs import ReportError, find_runs
 from ctxlit.report.study import build_studies
-from ctxlit.utils.files import write_atomically
+from ctxlit.utils.files import unwritable_reason, write_atomically
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,16 +51,9 @@ def check_writable(path: Path, option: str) -> None:
     a folder, a file below a file, or a place the filesystem refuses (read-only, no permission)."""
     if path.is_dir():
         raise ReportError(f"{option} {path}: is a folder; give the file to write (e.g. {path / 'report.html'})")
-    existing = path.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ReportError(f"{option} {path}: {existing} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise ReportError(f"{option} {path}: cannot write in {existing} ({err.strerror or err})") from None
+    problem = unwritable_reason(path.parent)
+    if problem:
+        raise ReportError(f"{option} {path}: {problem}")
     if path.exists() and not os.access(path, os.W_OK):
         raise ReportError(f"{option} {path}: the file is not writable")
 

@@ -23,3 +23,21 @@ def write_atomically(path: Path, text: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def unwritable_reason(folder: str | os.PathLike) -> str | None:
+    """Why no file can be created in ``folder`` (or in the folders that would be made for it),
+    or None when one can: its nearest existing ancestor must be a folder in which a file can be
+    created. Tried, not read from the mode bits: root may write where the bits forbid it, but
+    not on a read-only filesystem."""
+    ancestor = Path(folder).absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        return f"{ancestor} is not writable ({err.strerror or err})"
+    return None
