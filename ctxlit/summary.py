@@ -138,7 +138,7 @@ def experiment_from_config(cfg: dict[str, Any], source: str) -> tuple[str, dict[
 # --------------------------------------------------------------------------- command line
 
 
-def _size(text: str) -> tuple[int, int]:
+def input_size(text: str) -> tuple[int, int]:
     parts = text.lower().replace(",", "x").split("x")
     try:
         nums = [int(p) for p in parts]
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Parameters, FLOPs and plugin placement of a backbone or experiment config.",
     )
     parser.add_argument("target", help=f"a backbone name ({', '.join(list_backbones())}) or an experiment YAML path")
-    parser.add_argument("--input-size", type=_size, default=None, help="N or HxW (default 224, or the config's image_size)")
+    parser.add_argument("--input-size", type=input_size, default=None, help="N or HxW (default 224, or the config's image_size)")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier classes; 0 = feature extractor")
     parser.add_argument("--plugin", type=_plugin, action="append", default=[], help="a plugin spec as JSON (repeatable)")
     parser.add_argument("--option", type=_option, action="append", default=[], help="backbone option key=value (repeatable)")

@@ -61,7 +61,7 @@ from torch import nn
 from ctxlit.backbones import build_backbone, list_backbones
 from ctxlit.bench.blocks import saved_tensor_bytes
 from ctxlit.errors import ConfigError, CtxlitError
-from ctxlit.summary import _size, experiment_from_config
+from ctxlit.summary import experiment_from_config, input_size
 from ctxlit.utils.complexity import NOTE_NOT_COUNTED, measure_complexity
 from ctxlit.utils.malloc import keep_freed_memory
 
@@ -548,7 +548,7 @@ def _parser() -> argparse.ArgumentParser:
     add("networks", nargs="*", metavar="NETWORK", help="experiment YAML, run folder, sweep file, backbone name or timm:NAME")
     add("--preset", choices=sorted(PRESETS), action="append", default=[], help="add a named set of networks")
     add("--batch", type=int, default=32, help="images per step (default 32)")
-    add("--size", type=_size, default=None, help=f"input N or HxW for every network (default: a config's own "
+    add("--size", type=input_size, default=None, help=f"input N or HxW for every network (default: a config's own "
         f"image_size, else {DEFAULT_SIZE})")
     add("--num-classes", type=int, default=None, help=f"classifier width (default: a config's data module, "
         f"else {DEFAULT_CLASSES})")
