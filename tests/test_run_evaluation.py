@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,10 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _wandb_ids(folder: Path) -> list[str]:
-    """The run id of each offline W&B run folder under ``folder`` (``offline-run-<time>-<id>``)."""
-    return sorted(p.name.rsplit("-", 1)[1] for p in folder.glob("wandb/offline-run-*"))
+    """The run id of each offline W&B run folder under ``folder``: ``offline-run-<time>-<id>``, and
+    ``offline-run-<time>-<id>-1`` for a second folder of that id started within the same second."""
+    names = [p.name for p in folder.glob("wandb/offline-run-*")]
+    return sorted(re.fullmatch(r"offline-run-\d{8}_\d{6}-([^-]+)(?:-\d+)?", name).group(1) for name in names)
 
 
 def in_plain_folder(tmp_path: Path, monkeypatch) -> None:
