@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,3 +73,11 @@ class StopAtStep(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self.step:
             trainer.should_stop = True
+
+
+def offline_run_ids(wandb_dir: Path) -> list[str]:
+    """The run id of each offline W&B run folder in ``wandb_dir``, sorted, one per folder:
+    ``offline-run-<time>-<id>``, and ``offline-run-<time>-<id>-1`` for a second folder of that id
+    started within the same second (a resumed run)."""
+    names = [p.name for p in Path(wandb_dir).glob("offline-run-*")]
+    return sorted(re.fullmatch(r"offline-run-\d{8}_\d{6}-([^-]+)(?:-\d+)?", name).group(1) for name in names)

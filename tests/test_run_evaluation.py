@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 
 import pytest
 
 from ctxlit.fit import main, with_defaults
+from tests.conftest import offline_run_ids
 from tests.data.conftest import make_class_tree, write_cityscapes_pair
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -24,10 +24,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _wandb_ids(folder: Path) -> list[str]:
-    """The run id of each offline W&B run folder under ``folder``: ``offline-run-<time>-<id>``, and
-    ``offline-run-<time>-<id>-1`` for a second folder of that id started within the same second."""
-    names = [p.name for p in folder.glob("wandb/offline-run-*")]
-    return sorted(re.fullmatch(r"offline-run-\d{8}_\d{6}-([^-]+)(?:-\d+)?", name).group(1) for name in names)
+    return offline_run_ids(folder / "wandb")
 
 
 def in_plain_folder(tmp_path: Path, monkeypatch) -> None:

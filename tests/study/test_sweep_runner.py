@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from ctxlit import sweep as sweep_cli
-from tests.conftest import TINY
+from tests.conftest import TINY, offline_run_ids
 
 ROOT = Path(__file__).parents[2]
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -133,7 +133,7 @@ def trial_records(sweep_dir: Path) -> dict[str, dict]:
 def wandb_run_ids(trial_dir: Path) -> set[str]:
     """The W&B run ids of a trial's offline run folders (``offline-run-<time>-<id>``): a resumed
     attempt adds a folder to the same run."""
-    return {p.name.rsplit("-", 1)[1] for p in (trial_dir / "wandb").glob("offline-run-*")}
+    return set(offline_run_ids(trial_dir / "wandb"))
 
 
 @pytest.mark.slow
